@@ -1,0 +1,208 @@
+"""Recurrent state-space model with discrete latents (DreamerV2), with or without actions.
+
+A state is a dict of tensors:
+    deter  [B, deter]            GRU state h
+    stoch  [B, stoch, classes]   one-hot sample z (straight-through gradients)
+    logits [B, stoch, classes]   logits of the distribution z was drawn from
+
+Sequences stack the same keys along a time axis: [B, T, ...]. ``action_dim=0`` gives the
+action-free RSSM of APV's pre-training; the action-conditional RSSM of fine-tuning is the same
+class with ``action_dim > 0``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from apv_hub.nets import GRUCell, activation
+
+State = dict[str, Tensor]
+
+
+def stack_states(states: list[State], dim: int = 1) -> State:
+    return {k: torch.stack([s[k] for s in states], dim) for k in states[0]}
+
+
+def sample_one_hot(logits: Tensor, sample: bool = True) -> Tensor:
+    """One-hot draw (or mode) of categoricals [..., classes] with straight-through gradients."""
+    probs = logits.softmax(-1)
+    if sample:
+        index = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1)
+        index = index.reshape(probs.shape[:-1])
+    else:
+        index = probs.argmax(-1)
+    one_hot = F.one_hot(index, probs.shape[-1]).to(probs.dtype)
+    return one_hot + probs - probs.detach()
+
+
+def categorical_kl(lhs_logits: Tensor, rhs_logits: Tensor) -> Tensor:
+    """KL(lhs || rhs) of independent categoricals [..., stoch, classes], summed over latents."""
+    lhs = lhs_logits.float().log_softmax(-1)
+    rhs = rhs_logits.float().log_softmax(-1)
+    return (lhs.exp() * (lhs - rhs)).sum((-2, -1))
+
+
+def categorical_entropy(logits: Tensor) -> Tensor:
+    """Entropy of independent categoricals [..., stoch, classes], summed over latents."""
+    logp = logits.float().log_softmax(-1)
+    return -(logp.exp() * logp).sum((-2, -1))
+
+
+class RSSM(nn.Module):
+    """DreamerV2's RSSM. ``observe`` filters a sequence, ``imagine`` rolls out the prior."""
+
+    def __init__(
+        self,
+        embed_dim: int,
+        action_dim: int = 0,
+        deter: int = 1024,
+        hidden: int = 1024,
+        stoch: int = 32,
+        classes: int = 32,
+        act: str = "elu",
+        layer_norm: bool = True,
+    ) -> None:
+        super().__init__()
+        self.embed_dim, self.action_dim = embed_dim, action_dim
+        self.deter, self.stoch, self.classes = deter, stoch, classes
+        self.img_in = nn.Sequential(
+            nn.Linear(stoch * classes + action_dim, hidden), activation(act)
+        )
+        self.gru = GRUCell(hidden, deter, layer_norm)
+        self.img_out = nn.Sequential(
+            nn.Linear(deter, hidden), activation(act), nn.Linear(hidden, stoch * classes)
+        )
+        self.obs_out = nn.Sequential(
+            nn.Linear(deter + embed_dim, hidden),
+            activation(act),
+            nn.Linear(hidden, stoch * classes),
+        )
+
+    @property
+    def feat_dim(self) -> int:
+        return self.stoch * self.classes + self.deter
+
+    def initial(self, batch: int, device: torch.device | str = "cpu") -> State:
+        """The all-zero state that starts every episode."""
+        zeros = torch.zeros(batch, self.stoch, self.classes, device=device)
+        return {
+            "deter": torch.zeros(batch, self.deter, device=device),
+            "stoch": zeros,
+            "logits": zeros,
+        }
+
+    def get_feat(self, state: State) -> Tensor:
+        """State [..., *] -> features [..., stoch * classes + deter]."""
+        stoch = state["stoch"].flatten(-2)
+        return torch.cat([stoch, state["deter"]], -1)
+
+    def _logits(self, x: Tensor) -> Tensor:
+        return x.reshape(*x.shape[:-1], self.stoch, self.classes)
+
+    def img_step(
+        self, prev: State, prev_action: Tensor | None = None, sample: bool = True
+    ) -> State:
+        """One prior step: p(z_t | h_t), h_t = GRU(h_{t-1}, z_{t-1}, a_{t-1})."""
+        x = prev["stoch"].flatten(-2)
+        if self.action_dim:
+            x = torch.cat([x, prev_action], -1)
+        deter = self.gru(self.img_in(x), prev["deter"])
+        logits = self._logits(self.img_out(deter))
+        return {"deter": deter, "stoch": sample_one_hot(logits, sample), "logits": logits}
+
+    def obs_step(
+        self,
+        prev: State,
+        prev_action: Tensor | None,
+        embed: Tensor,
+        is_first: Tensor,
+        sample: bool = True,
+    ) -> tuple[State, State]:
+        """One filtering step -> (posterior q(z_t | h_t, e_t), prior p(z_t | h_t)).
+
+        Where ``is_first`` [B] is set, the previous state and action are zeroed so that an episode
+        boundary inside a batch starts from the initial state.
+        """
+        keep = (~is_first).to(embed.dtype)
+        prev = {k: v * keep.reshape(-1, *[1] * (v.dim() - 1)) for k, v in prev.items()}
+        if self.action_dim:
+            prev_action = prev_action * keep[:, None]
+        prior = self.img_step(prev, prev_action, sample)
+        logits = self._logits(self.obs_out(torch.cat([prior["deter"], embed], -1)))
+        post = {"deter": prior["deter"], "stoch": sample_one_hot(logits, sample), "logits": logits}
+        return post, prior
+
+    def observe(
+        self,
+        embed: Tensor,
+        action: Tensor | None = None,
+        is_first: Tensor | None = None,
+        state: State | None = None,
+        sample: bool = True,
+    ) -> tuple[State, State]:
+        """Filter a sequence.
+
+        embed [B, T, E]; action [B, T, A], where action[:, t] is the action that led to step t;
+        is_first [B, T] bool; state: the state before step 0 (default: initial).
+        Returns posterior and prior states, each [B, T, ...].
+        """
+        batch, length = embed.shape[:2]
+        if self.action_dim and action is None:
+            raise ValueError("this RSSM is action-conditional: observe() needs actions")
+        if is_first is None:
+            is_first = torch.zeros(batch, length, dtype=torch.bool, device=embed.device)
+        state = self.initial(batch, embed.device) if state is None else state
+        posts, priors = [], []
+        for t in range(length):
+            act_t = action[:, t] if self.action_dim else None
+            state, prior = self.obs_step(state, act_t, embed[:, t], is_first[:, t], sample)
+            posts.append(state)
+            priors.append(prior)
+        return stack_states(posts), stack_states(priors)
+
+    def imagine(
+        self,
+        state: State,
+        horizon: int | None = None,
+        action: Tensor | None = None,
+        sample: bool = True,
+    ) -> State:
+        """Roll the prior forward from ``state`` [B, ...].
+
+        Action-free: ``horizon`` steps. Action-conditional: ``action`` [B, H, A], where
+        action[:, t] is applied before predicted step t. Returns prior states [B, H, ...].
+        """
+        if self.action_dim:
+            if action is None:
+                raise ValueError("this RSSM is action-conditional: imagine() needs actions")
+            horizon = action.shape[1]
+        elif horizon is None:
+            raise ValueError("imagine() needs a horizon")
+        priors = []
+        for t in range(horizon):
+            state = self.img_step(state, action[:, t] if self.action_dim else None, sample)
+            priors.append(state)
+        return stack_states(priors)
+
+    @staticmethod
+    def kl_loss(
+        post: State, prior: State, balance: float, free: float, free_avg: bool = True
+    ) -> tuple[Tensor, Tensor]:
+        """KL balancing: balance * KL(sg(post) || prior) + (1 - balance) * KL(post || sg(prior)).
+
+        The first term trains the prior towards the posterior, the second regularises the
+        posterior. ``free`` nats are not penalised, applied to the batch mean (``free_avg``) or
+        per step. Returns (loss, KL value [B, T]).
+        """
+        value = categorical_kl(post["logits"], prior["logits"])
+        train_prior = categorical_kl(post["logits"].detach(), prior["logits"])
+        train_post = categorical_kl(post["logits"], prior["logits"].detach())
+        if free_avg:
+            train_prior, train_post = train_prior.mean(), train_post.mean()
+        floor = torch.tensor(free, device=value.device)
+        loss = balance * torch.maximum(train_prior, floor) + (1 - balance) * torch.maximum(
+            train_post, floor
+        )
+        return loss.mean(), value

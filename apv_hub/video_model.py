@@ -1,0 +1,256 @@
+"""APVVideoModel: the action-free latent video prediction model of APV's pre-training phase.
+
+Conv encoder -> action-free RSSM (discrete latents) -> conv decoder, trained on videos alone by
+the ELBO: image log-likelihood + kl_scale * balanced KL(posterior || prior). Checkpoints are
+``model.safetensors`` + ``config.json`` + a ``README.md`` model card, loaded without unpickling.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from huggingface_hub import ModelCard, PyTorchModelHubMixin, constants, hf_hub_download
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from torch import Tensor, nn
+
+from apv_hub import __version__
+from apv_hub.config import APVConfig
+from apv_hub.nets import ConvDecoder, ConvEncoder, check_image_geometry, postprocess, preprocess
+from apv_hub.rssm import RSSM, State
+from apv_hub.weights import CheckpointError, load_into, load_tensors, save_tensors
+
+WEIGHTS_NAME = constants.SAFETENSORS_SINGLE_FILE  # "model.safetensors"
+CONFIG_NAME = constants.CONFIG_NAME  # "config.json"
+MODEL_TYPE = "apv-video"
+
+
+def default_is_first(frames: Tensor) -> Tensor:
+    """[B, T, ...] -> bool [B, T], True at t = 0 only: each batch row is one episode."""
+    is_first = torch.zeros(frames.shape[:2], dtype=torch.bool, device=frames.device)
+    is_first[:, 0] = True
+    return is_first
+
+
+class APVVideoModel(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="apv-hub",
+    paper_url="https://arxiv.org/abs/2203.13880",
+    tags=["apv", "world-model", "video-prediction", "reinforcement-learning"],
+):
+    """Encoder + action-free RSSM + decoder.
+
+    Frames at the edges are uint8 [B, T, C, H, W]; features are [B, T, feat_dim] with
+    feat_dim = stoch * classes + deter.
+    """
+
+    def __init__(self, config: APVConfig | dict | None = None, training: dict | None = None):
+        super().__init__()
+        if config is None:
+            config = APVConfig()
+        elif isinstance(config, dict):
+            config = APVConfig.from_dict(config)
+        check_image_geometry(config)
+        self.config = config
+        # What the checkpoint was trained on (data, steps, command, final metrics) for its card.
+        self.training_info: dict[str, Any] = dict(training or {})
+        self.encoder = ConvEncoder(config)
+        self.rssm = RSSM(
+            embed_dim=self.encoder.embed_dim,
+            action_dim=0,
+            deter=config.deter,
+            hidden=config.hidden,
+            stoch=config.stoch,
+            classes=config.classes,
+            act=config.act,
+            layer_norm=config.gru_layer_norm,
+        )
+        self.decoder = ConvDecoder(config, self.rssm.feat_dim)
+
+    @property
+    def feat_dim(self) -> int:
+        return self.rssm.feat_dim
+
+    @property
+    def embed_dim(self) -> int:
+        return self.encoder.embed_dim
+
+    def _check_frames(self, frames: Tensor) -> None:
+        c, size = self.config.image_channels, self.config.image_size
+        if frames.dim() != 5 or tuple(frames.shape[2:]) != (c, size, size):
+            raise ValueError(
+                f"expected frames [B, T, {c}, {size}, {size}], got {tuple(frames.shape)}"
+            )
+        if frames.dtype != torch.uint8:
+            raise TypeError(f"expected uint8 frames, got {frames.dtype}")
+
+    def observe(
+        self, frames: Tensor, is_first: Tensor | None = None, sample: bool = True
+    ) -> tuple[Tensor, State, State]:
+        """uint8 frames [B, T, C, H, W] -> (embed [B, T, E], posterior, prior [B, T, ...])."""
+        self._check_frames(frames)
+        if is_first is None:
+            is_first = default_is_first(frames)
+        embed = self.encoder(preprocess(frames))
+        post, prior = self.rssm.observe(embed, None, is_first, sample=sample)
+        return embed, post, prior
+
+    def features(self, frames: Tensor, is_first: Tensor | None = None) -> Tensor:
+        """uint8 frames [B, T, C, H, W] -> action-free posterior features [B, T, feat_dim]."""
+        _, post, _ = self.observe(frames, is_first)
+        return self.rssm.get_feat(post)
+
+    def loss(
+        self, frames: Tensor, is_first: Tensor | None = None
+    ) -> tuple[Tensor, dict[str, float]]:
+        """Negative ELBO of uint8 frames [B, T, C, H, W] -> (scalar loss, metrics).
+
+        Image term: negative log-likelihood under a unit-variance Normal, summed over C x H x W and
+        averaged over batch and time. KL term: balanced KL summed over the latents.
+        """
+        cfg = self.config
+        _, post, prior = self.observe(frames, is_first)
+        target = preprocess(frames)
+        recon = self.decoder(self.rssm.get_feat(post))
+        sq_err = (recon.float() - target).pow(2)
+        pixels = math.prod(target.shape[2:])
+        image_nll = (0.5 * sq_err.sum((2, 3, 4)) + 0.5 * math.log(2 * math.pi) * pixels).mean()
+        kl_loss, kl_value = self.rssm.kl_loss(
+            post, prior, cfg.kl_balance, cfg.free_nats, cfg.free_avg
+        )
+        loss = cfg.image_loss_scale * image_nll + cfg.kl_scale * kl_loss
+        metrics = {
+            "loss": loss.item(),
+            "image_nll": image_nll.item(),
+            "image_mse": sq_err.mean().item(),
+            "kl": kl_value.mean().item(),
+            "kl_loss": kl_loss.item(),
+        }
+        return loss, metrics
+
+    @torch.no_grad()
+    def predict(self, context_frames: Tensor, horizon: int, sample: bool = False) -> Tensor:
+        """Open-loop prediction: uint8 [B, T_ctx, C, H, W] -> uint8 [B, horizon, C, H, W].
+
+        The context is filtered by the posterior; the following frames are decoded from a prior
+        rollout (latent modes by default, random draws with ``sample=True``).
+        """
+        _, post, _ = self.observe(context_frames, sample=sample)
+        last = {k: v[:, -1] for k, v in post.items()}
+        imagined = self.rssm.imagine(last, horizon=horizon, sample=sample)
+        return postprocess(self.decoder(self.rssm.get_feat(imagined)))
+
+    def num_parameters(self) -> dict[str, int]:
+        """Parameter counts of each part and in total."""
+        counts = {
+            name: sum(p.numel() for p in getattr(self, name).parameters())
+            for name in ("encoder", "rssm", "decoder")
+        }
+        counts["total"] = sum(counts.values())
+        return counts
+
+    # Hub integration -------------------------------------------------------------------------
+
+    def config_dict(self) -> dict[str, Any]:
+        """What config.json holds: every config field plus library metadata."""
+        return {
+            "model_type": MODEL_TYPE,
+            "apv_hub_version": __version__,
+            **self.config.to_dict(),
+            "training": self.training_info,
+        }
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        save_tensors(self.state_dict(), save_directory / WEIGHTS_NAME)
+        (save_directory / CONFIG_NAME).write_text(json.dumps(self.config_dict(), indent=2) + "\n")
+        # The mixin writes a card only where none exists; a re-save must not keep a stale one.
+        (save_directory / "README.md").unlink(missing_ok=True)
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
+        """Upload model.safetensors, config.json and a model card to the Hub repo ``repo_id``."""
+        card_kwargs = {"repo_id": repo_id, **(kwargs.pop("model_card_kwargs", None) or {})}
+        return super().push_to_hub(repo_id, model_card_kwargs=card_kwargs, **kwargs)
+
+    def generate_model_card(self, *args: Any, **kwargs: Any) -> ModelCard:
+        from apv_hub.hub import video_model_card
+
+        return video_model_card(self, repo_id=kwargs.get("repo_id"))
+
+    @classmethod
+    def _from_pretrained(
+        cls,
+        *,
+        model_id: str,
+        revision: str | None,
+        cache_dir: str | Path | None,
+        force_download: bool,
+        local_files_only: bool,
+        token: str | bool | None,
+        config: dict | None = None,
+        map_location: str = "cpu",
+        **unused: Any,
+    ) -> APVVideoModel:
+        def fetch(filename: str) -> str:
+            return resolve_file(
+                model_id,
+                filename,
+                revision=revision,
+                cache_dir=cache_dir,
+                force_download=force_download,
+                local_files_only=local_files_only,
+                token=token,
+            )
+
+        if config is None:
+            # The mixin swallows a failed config.json download; fetch it again to say why.
+            config = json.loads(Path(fetch(CONFIG_NAME)).read_text())
+        if config.get("model_type", MODEL_TYPE) != MODEL_TYPE:
+            raise CheckpointError(
+                f"{model_id} holds a {config['model_type']!r} checkpoint, not an APVVideoModel"
+            )
+        model = cls(APVConfig.from_json_dict(config), training=config.get("training"))
+        tensors, _ = load_tensors(fetch(WEIGHTS_NAME), device=map_location)
+        load_into(model, tensors, source=model_id)
+        return model.to(map_location).eval()
+
+
+def resolve_file(model_id: str, filename: str, **download_kwargs: Any) -> str:
+    """Local path of ``filename`` from a checkpoint folder or a Hub repo (downloaded and cached).
+
+    Client errors become a CheckpointError that says which repo, revision and file failed.
+    """
+    if os.path.isdir(model_id):
+        path = os.path.join(model_id, filename)
+        if not os.path.isfile(path):
+            raise CheckpointError(f"{model_id} is a folder without {filename}")
+        return path
+    if model_id.startswith((".", "/", "~")) or model_id.count("/") > 1:
+        raise CheckpointError(f"no checkpoint folder at {model_id}")
+    revision = download_kwargs.get("revision") or "main"
+    where = f"{model_id!r} (revision {revision!r}) at {constants.ENDPOINT}"
+    try:
+        return hf_hub_download(repo_id=model_id, filename=filename, **download_kwargs)
+    except RepositoryNotFoundError as e:
+        raise CheckpointError(f"no Hub repository {where}; is the name right?") from e
+    except RevisionNotFoundError as e:
+        raise CheckpointError(f"no revision {revision!r} in Hub repository {model_id!r}") from e
+    except EntryNotFoundError as e:
+        raise CheckpointError(f"Hub repository {where} has no file {filename}") from e
+    except LocalEntryNotFoundError as e:
+        raise CheckpointError(
+            f"{filename} of {where} is not in the local cache and the Hub cannot be reached "
+            "(offline mode or no network)"
+        ) from e
+    except HFValidationError as e:
+        raise CheckpointError(f"{model_id!r} is neither a checkpoint folder nor a repo id") from e
