@@ -132,7 +132,7 @@ ACTIVATIONS = ("elu", "relu", "silu", "tanh")
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Seconds on a CPU: for tests.
-    "tiny": dict(cnn_depth=4, deter=32, hidden=32, stoch=4, classes=4, batch_size=4, seq_len=8),
+    "tiny": dict(cnn_depth=8, deter=64, hidden=64, stoch=16, classes=16, batch_size=8, seq_len=16),
     # Minutes on a CPU: the README's main job and quick experiments.
     "small": dict(cnn_depth=16, deter=200, hidden=200, stoch=16, classes=16),
     # The released APV model (about 25.9M parameters).
