@@ -48,8 +48,8 @@ class PixelEnv:
         action_repeat: how many environment steps each action is applied for.
         render_size: side of the square frames returned, in pixels (frames of another size are
             resized with a box filter).
-        rotate180: rotate frames by 180 degrees (for cameras mounted upside down, such as
-            Meta-world's ``corner`` camera).
+        flip_vertical: flip frames upside down (Meta-world's ``corner`` camera, see
+            `apv_hub.envs.meta_world`).
         info_scalars: keys of the environment's info dict copied into the observation as float32
             scalars (maximum over the repeated steps), e.g. ``("success",)``.
         seed: seed passed to the first ``env.reset``.
@@ -63,7 +63,7 @@ class PixelEnv:
         episode_length: int | None = None,
         action_repeat: int = 1,
         render_size: int = 64,
-        rotate180: bool = False,
+        flip_vertical: bool = False,
         info_scalars: Sequence[str] = (),
         seed: int | None = None,
         name: str = "",
@@ -84,7 +84,7 @@ class PixelEnv:
         self.episode_length = episode_length
         self.action_repeat = action_repeat
         self.render_size = render_size
-        self.rotate180 = rotate180
+        self.flip_vertical = flip_vertical
         self.info_scalars = tuple(info_scalars)
         self._seed = seed
         self._low = space.low.astype(np.float64)
@@ -162,8 +162,8 @@ class PixelEnv:
         frame = np.asarray(self.env.render())
         if frame.ndim != 3 or frame.shape[-1] != 3:
             raise ValueError(f"{self.name}: render() must return [H, W, 3], got {frame.shape}")
-        if self.rotate180:
-            frame = frame[::-1, ::-1]
+        if self.flip_vertical:
+            frame = frame[::-1]
         if frame.shape[:2] != (self.render_size, self.render_size):
             frame = _resize(frame, self.render_size)
         return np.ascontiguousarray(frame.transpose(2, 0, 1), dtype=np.uint8)
@@ -189,12 +189,12 @@ class PixelEnv:
         obs = {
             "image": self.render(),
             "action": action,
-            "reward": np.float32(reward),
-            "is_first": np.bool_(is_first),
-            "is_last": np.bool_(is_last),
-            "is_terminal": np.bool_(is_terminal),
+            "reward": np.array(reward, np.float32),
+            "is_first": np.array(is_first),
+            "is_last": np.array(is_last),
+            "is_terminal": np.array(is_terminal),
         }
-        obs.update({key: np.float32(value) for key, value in scalars.items()})
+        obs.update({key: np.array(value, np.float32) for key, value in scalars.items()})
         return obs
 
 

@@ -3,11 +3,13 @@
 The environment is ``gymnasium.make("Meta-World/MT1", env_name=task, render_mode="rgb_array",
 camera_name="corner", ...)`` with three changes that matter for pixels-based RL:
 
-* Frames are rotated by 180 degrees: the ``corner`` camera is mounted upside down in
-  Meta-world's XML (its image y axis points to world -z), so raw frames show the table on top.
-  The rotated frame is what an upright camera at that place sees (robot on the right, table at
-  the bottom). The released APV data was rendered by mujoco-py, which returned frames bottom-up;
-  those frames equal ours mirrored left-right.
+* Frames are flipped upside down. Meta-world's ``corner`` camera is mounted upside down (its
+  image y axis points to world -z), so Gymnasium's correctly oriented frames show the table on
+  top. The released APV data and APV's own Meta-world runs rendered with mujoco-py, which returns
+  OpenGL's bottom-up buffer unflipped: that is exactly Gymnasium's frame flipped vertically (the
+  table at the bottom, the robot on the left). We flip the same way so that frames match APV's
+  and the Meta-world video corpus of `apv_hub.data` (a physically upright camera would see the
+  mirror image of this, robot on the right).
 * Task variations (object and goal positions): with ``variations="random"`` (the default, what
   APV's released code did by unfreezing ``rand_vec``) every reset draws fresh positions from the
   environment's seeded generator; ``variations="mt1"`` keeps MT1's behaviour of sampling one of

@@ -1,9 +1,12 @@
 """`EnvPool`: N environments stepping in parallel worker processes, surviving worker deaths.
 
-Each environment lives in its own process (``spawn`` start method by default: MuJoCo's EGL
-contexts and OpenGL state do not survive ``fork``). The pool steps all of them at once and
-returns batched observations in the `apv_hub.envs.base.PixelEnv` convention, each with a leading
-``[N]`` axis.
+Each environment lives in its own process. Workers never come from a plain ``fork`` of the
+trainer (MuJoCo's EGL contexts, OpenGL state and torch's threads do not survive it): the default
+start method is ``forkserver``, whose server process imports the simulators once (see
+`PRELOAD`) and forks clean, single-threaded workers from there in about a second each; ``spawn``
+works too (and is the only choice on Windows) but re-imports everything in every worker. The pool
+steps all environments at once and returns batched observations in the
+`apv_hub.envs.base.PixelEnv` convention, each with a leading ``[N]`` axis.
 
 Episode boundaries follow DreamerV2's driver: when environment ``i`` returns ``is_last=True``,
 the next ``step`` ignores action ``i`` and returns the first observation of a new episode
@@ -33,6 +36,10 @@ import numpy as np
 from apv_hub.envs.base import Obs, PixelEnv
 
 EnvFactory = Callable[[int], PixelEnv]
+# Imported once by the forkserver process, so that forked workers start without re-importing
+# the simulators (modules that are not installed are skipped by multiprocessing).
+PRELOAD = ["apv_hub.envs.registry", "apv_hub.envs.dmc", "dm_control.suite", "metaworld"]
+DEFAULT_START_METHOD = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
 
 
 class EnvError(RuntimeError):
@@ -97,7 +104,8 @@ class EnvPool:
             hung, killed and replaced.
         start_timeout: seconds a worker may take to build its environment.
         max_start_attempts: consecutive construction failures of one slot before `EnvError`.
-        start_method: multiprocessing start method (``spawn`` or ``forkserver``).
+        start_method: multiprocessing start method, ``forkserver`` (default where available) or
+            ``spawn``.
         **options: options for `apv_hub.envs.make` (``episode_length``, ``action_repeat``...).
 
     Attributes:
@@ -121,7 +129,7 @@ class EnvPool:
         step_timeout: float = 120.0,
         start_timeout: float = 300.0,
         max_start_attempts: int = 3,
-        start_method: str = "spawn",
+        start_method: str = DEFAULT_START_METHOD,
         **options: Any,
     ) -> None:
         if num_envs < 1:
@@ -137,6 +145,8 @@ class EnvPool:
         self.failures: list[Failure] = []
         self.infos: list[dict[str, Any]] = [{} for _ in range(num_envs)]
         self._ctx = mp.get_context(start_method)
+        if start_method == "forkserver":
+            self._ctx.set_forkserver_preload(PRELOAD)  # No effect once the server runs.
         self._procs: list[Any] = [None] * num_envs
         self._conns: list[Any] = [None] * num_envs
         self._generation = [0] * num_envs
@@ -246,13 +256,13 @@ class EnvPool:
         obs = dict(self._last[slot])
         obs.update(
             action=np.clip(action, -1.0, 1.0).astype(np.float32),
-            reward=np.float32(0.0),
-            is_first=np.bool_(False),
-            is_last=np.bool_(True),
-            is_terminal=np.bool_(False),
+            reward=np.array(0.0, np.float32),
+            is_first=np.array(False),
+            is_last=np.array(True),
+            is_terminal=np.array(False),
         )
         if "success" in obs:
-            obs["success"] = np.float32(0.0)
+            obs["success"] = np.array(0.0, np.float32)
         return obs
 
     def _send(self, slot: int, command: tuple[str, np.ndarray | None]) -> bool:

@@ -83,7 +83,7 @@ def make(name: str, seed: int | None = None, **options: Any) -> PixelEnv:
             )
         env = make_gym_env(task, seed=seed, render_size=size, **options)
         return PixelEnv(
-            env, seed=seed, rotate180=True, info_scalars=("success",), name=name, **common
+            env, seed=seed, flip_vertical=True, info_scalars=("success",), name=name, **common
         )
     if family == "dmc":
         from apv_hub.envs.dmc import DMCEnv
