@@ -94,3 +94,20 @@ def test_physics_error_in_a_worker_ends_the_episode_and_training_goes_on() -> No
 def test_an_env_that_cannot_be_built_raises_a_clear_error() -> None:
     with pytest.raises(EnvError, match=r"failed to start in worker 0 2 times(.|\n)*walker-fly"):
         EnvPool(broken_env, num_envs=1, max_start_attempts=2)
+
+
+def test_pool_steps_recorded_in_replay_form_complete_episodes(pool: EnvPool) -> None:
+    from apv_hub.replay import ReplayBuffer
+
+    replay = ReplayBuffer(capacity=1000, seed=0)
+    obs = pool.reset()
+    replay.add_batch(obs)
+    for _ in range(8):  # Episodes of 6 steps plus the reset observation; then a new episode.
+        obs = pool.step(np.random.default_rng(1).uniform(-1, 1, (2, pool.action_dim)))
+        replay.add_batch(obs)
+    assert len(replay.episodes) == 2 and set(replay.ongoing) == {0, 1}
+    for episode in replay.episodes:
+        data = episode.arrays()
+        assert len(episode) == 7 and data["is_first"].tolist() == [True] + [False] * 6
+        assert data["is_last"].tolist() == [False] * 6 + [True] and not data["action"][0].any()
+    assert all(len(e) == 2 for e in replay.ongoing.values())
