@@ -106,6 +106,7 @@ def test_metaworld_frames_orientation_and_seeded_variations() -> None:
         assert not np.array_equal(info["state"][4:7], info2["state"][4:7])  # Object position.
 
 
+@pytest.mark.filterwarnings("ignore:Constant")  # Meta-world's own note that it clips actions.
 def test_metaworld_scripted_policy_solves_drawer_open_through_the_wrapper() -> None:
     policy = scripted_policy("drawer-open-v3")
     with make("metaworld/drawer-open-v3", seed=0) as env:
