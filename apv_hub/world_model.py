@@ -26,7 +26,7 @@ from apv_hub.rssm import RSSM, State
 from apv_hub.video_model import APVVideoModel
 from apv_hub.weights import CheckpointError
 
-# Keys of a replay batch the world model reads, with their dtypes and shapes after [B, T].
+# Keys of a replay batch the world model reads (is_last is not needed by the losses).
 BATCH_KEYS = ("image", "action", "reward", "is_first", "is_terminal")
 
 

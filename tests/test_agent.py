@@ -196,3 +196,20 @@ def test_exact_resume_from_training_state(tmp_path: Path) -> None:
     # Training state saved at another update count is refused.
     with pytest.raises(CheckpointError, match="saved after 3 updates"):
         resumed.load_training_state(tmp_path / "ckpt", resumed_opts)
+
+
+def test_update_through_accelerate_prepared_optimizers() -> None:
+    accelerate = pytest.importorskip("accelerate")
+    accelerator = accelerate.Accelerator(cpu=True)
+    agent = tiny_agent()
+    reference = tiny_agent()
+    names = list(make_optimizers(agent))
+    prepared = dict(zip(names, accelerator.prepare(*make_optimizers(agent).values()), strict=True))
+    batch = random_batch(agent.config)
+    torch.manual_seed(11)
+    metrics = agent.update(batch, prepared, accelerator=accelerator)
+    torch.manual_seed(11)
+    expected = reference.update(batch, make_optimizers(reference))
+    # Single process, fp32: the accelerate path computes exactly the plain update.
+    assert metrics["model_loss"] == expected["model_loss"]
+    assert_same_state(agent, reference)
