@@ -75,7 +75,7 @@ class APVAgent(
     @classmethod
     def from_video_model(
         cls,
-        source: str | APVVideoModel,
+        source: str | Path | APVVideoModel,
         config: AgentConfig,
         action_dim: int,
         **download_kwargs: Any,
@@ -91,7 +91,8 @@ class APVAgent(
             else APVVideoModel.from_pretrained(source, **download_kwargs)
         )
         config = dataclasses.replace(config, video=video.config)
-        info = {"pretrained": source if isinstance(source, str) else "an APVVideoModel instance"}
+        named = not isinstance(source, APVVideoModel)
+        info = {"pretrained": str(source) if named else "an APVVideoModel instance"}
         agent = cls(config, action_dim, training=info)
         agent.training_info["transferred"] = agent.world_model.load_pretrained(video)
         return agent.to(next(video.parameters()).device)

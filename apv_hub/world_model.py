@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -113,7 +114,7 @@ class APVWorldModel(nn.Module):
     @classmethod
     def from_video_model(
         cls,
-        source: str | APVVideoModel,
+        source: str | Path | APVVideoModel,
         config: WorldModelConfig,
         action_dim: int,
         **download_kwargs: Any,
