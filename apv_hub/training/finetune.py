@@ -776,6 +776,8 @@ class Finetuner:
         save_tensors(tensors, folder / f"rank{self.rank}.safetensors")
         info = {
             "rank": self.rank,
+            "world_size": self.world,
+            "replay_steps": len(self.replay),
             "episode_index": self.episode_index.tolist(),
             "action_rng": self.rng.bit_generator.state,
             "returns": self.returns.tolist(),
