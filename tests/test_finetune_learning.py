@@ -47,6 +47,6 @@ def test_tiny_agent_learns_slide_to_center_and_beats_random(tmp_path: Path) -> N
     # -10; reaching and holding the centre scores about -3.
     assert trained > random_policy + 4.0, (trained, random_policy)
     assert trained > still + 4.0, (trained, still)
-    # The evaluation is deterministic: the same agent and seeds give the same score.
-    again, _ = evaluate(agent, SLIDE_ENV, 2, seed=0, env_options=config.env_options)
+    # The evaluation is deterministic: the same agent, seeds and batching give the same score.
+    again, _ = evaluate(agent, SLIDE_ENV, 2, seed=0, env_options=config.env_options, num_envs=2)
     assert again["return"]["per_episode"] == [r.episode_return for r in results[:2]]
