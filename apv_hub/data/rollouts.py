@@ -114,10 +114,7 @@ def metaworld_episode(
     """
     from metaworld.policies import ENV_POLICY_MAP
 
-    with warnings.catch_warnings():
-        # Some scripted policies warn that their gains exceed the [-1, 1] actions they clip to.
-        warnings.filterwarnings("ignore", "Constant", UserWarning)
-        policy = ENV_POLICY_MAP[task]()
+    policy = ENV_POLICY_MAP[task]()
     rng = np.random.default_rng(seed)
     env.unwrapped.seed(seed)
     obs, _ = env.reset()
@@ -125,7 +122,10 @@ def metaworld_episode(
     frames, actions = [_render_metaworld(env)], [np.zeros(dim, np.float32)]
     rewards, success = [0.0], [False]
     for _ in range(max_steps):
-        action = policy.get_action(obs)
+        with warnings.catch_warnings():
+            # Scripted policies warn on every step that their gains exceed the [-1, 1] clip.
+            warnings.filterwarnings("ignore", "Constant", UserWarning)
+            action = policy.get_action(obs)
         if action_noise > 0:
             action = action + rng.normal(0.0, action_noise, size=dim)
         action = np.clip(action, -1.0, 1.0).astype(np.float32)
