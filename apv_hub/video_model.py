@@ -19,6 +19,7 @@ from huggingface_hub.errors import (
     EntryNotFoundError,
     HFValidationError,
     LocalEntryNotFoundError,
+    OfflineModeIsEnabled,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
@@ -33,6 +34,7 @@ from apv_hub.weights import CheckpointError, load_into, load_tensors, save_tenso
 WEIGHTS_NAME = constants.SAFETENSORS_SINGLE_FILE  # "model.safetensors"
 CONFIG_NAME = constants.CONFIG_NAME  # "config.json"
 MODEL_TYPE = "apv-video"
+DOWNLOAD_KWARGS = ("revision", "cache_dir", "force_download", "local_files_only", "token")
 
 
 def default_is_first(frames: Tensor) -> Tensor:
@@ -188,6 +190,20 @@ class APVVideoModel(
         return video_model_card(self, repo_id=kwargs.get("repo_id"))
 
     @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | Path, **kwargs: Any
+    ) -> APVVideoModel:
+        """Load from a checkpoint folder or a Hub repo id (``revision``, ``cache_dir``, ...).
+
+        The weights are read from safetensors only; a missing repo, file or cache entry, a damaged
+        file or a checkpoint of another architecture raises a CheckpointError saying which.
+        """
+        download = {k: kwargs[k] for k in DOWNLOAD_KWARGS if k in kwargs}
+        # Resolve config.json first: the mixin would swallow or obscure a failed lookup.
+        resolve_file(str(pretrained_model_name_or_path), CONFIG_NAME, **download)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    @classmethod
     def _from_pretrained(
         cls,
         *,
@@ -201,26 +217,23 @@ class APVVideoModel(
         map_location: str = "cpu",
         **unused: Any,
     ) -> APVVideoModel:
-        def fetch(filename: str) -> str:
-            return resolve_file(
-                model_id,
-                filename,
-                revision=revision,
-                cache_dir=cache_dir,
-                force_download=force_download,
-                local_files_only=local_files_only,
-                token=token,
-            )
-
         if config is None:
-            # The mixin swallows a failed config.json download; fetch it again to say why.
-            config = json.loads(Path(fetch(CONFIG_NAME)).read_text())
+            raise CheckpointError(f"{model_id} has no readable {CONFIG_NAME}")
         if config.get("model_type", MODEL_TYPE) != MODEL_TYPE:
             raise CheckpointError(
                 f"{model_id} holds a {config['model_type']!r} checkpoint, not an APVVideoModel"
             )
         model = cls(APVConfig.from_json_dict(config), training=config.get("training"))
-        tensors, _ = load_tensors(fetch(WEIGHTS_NAME), device=map_location)
+        weights = resolve_file(
+            model_id,
+            WEIGHTS_NAME,
+            revision=revision,
+            cache_dir=cache_dir,
+            force_download=force_download,
+            local_files_only=local_files_only,
+            token=token,
+        )
+        tensors, _ = load_tensors(weights, device=map_location)
         load_into(model, tensors, source=model_id)
         return model.to(map_location).eval()
 
@@ -245,12 +258,13 @@ def resolve_file(model_id: str, filename: str, **download_kwargs: Any) -> str:
         raise CheckpointError(f"no Hub repository {where}; is the name right?") from e
     except RevisionNotFoundError as e:
         raise CheckpointError(f"no revision {revision!r} in Hub repository {model_id!r}") from e
-    except EntryNotFoundError as e:
-        raise CheckpointError(f"Hub repository {where} has no file {filename}") from e
-    except LocalEntryNotFoundError as e:
+    # LocalEntryNotFoundError is an EntryNotFoundError: the offline case must come first.
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as e:
         raise CheckpointError(
             f"{filename} of {where} is not in the local cache and the Hub cannot be reached "
             "(offline mode or no network)"
         ) from e
+    except EntryNotFoundError as e:
+        raise CheckpointError(f"Hub repository {where} has no file {filename}") from e
     except HFValidationError as e:
         raise CheckpointError(f"{model_id!r} is neither a checkpoint folder nor a repo id") from e
