@@ -8,7 +8,6 @@ the ELBO: image log-likelihood + kl_scale * balanced KL(posterior || prior). Che
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,14 @@ from torch import Tensor, nn
 
 from apv_hub import __version__
 from apv_hub.config import APVConfig
-from apv_hub.nets import ConvDecoder, ConvEncoder, check_image_geometry, postprocess, preprocess
+from apv_hub.nets import (
+    ConvDecoder,
+    ConvEncoder,
+    check_image_geometry,
+    image_nll,
+    postprocess,
+    preprocess,
+)
 from apv_hub.rssm import RSSM, State
 from apv_hub.weights import CheckpointError, load_into, load_tensors, save_tensors
 
@@ -123,19 +129,16 @@ class APVVideoModel(
         """
         cfg = self.config
         _, post, prior = self.observe(frames, is_first)
-        target = preprocess(frames)
         recon = self.decoder(self.rssm.get_feat(post))
-        sq_err = (recon.float() - target).pow(2)
-        pixels = math.prod(target.shape[2:])
-        image_nll = (0.5 * sq_err.sum((2, 3, 4)) + 0.5 * math.log(2 * math.pi) * pixels).mean()
+        nll = image_nll(recon, frames)
         kl_loss, kl_value = self.rssm.kl_loss(
             post, prior, cfg.kl_balance, cfg.free_nats, cfg.free_avg
         )
-        loss = cfg.image_loss_scale * image_nll + cfg.kl_scale * kl_loss
+        loss = cfg.image_loss_scale * nll + cfg.kl_scale * kl_loss
         metrics = {
             "loss": loss.item(),
-            "image_nll": image_nll.item(),
-            "image_mse": sq_err.mean().item(),
+            "image_nll": nll.item(),
+            "image_mse": (recon.detach().float() - preprocess(frames)).pow(2).mean().item(),
             "kl": kl_value.mean().item(),
             "kl_loss": kl_loss.item(),
         }
