@@ -10,15 +10,13 @@ the same whatever the weights. Batches are random uint8 frames of the preset's b
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 
 import torch
 
 from apv_hub.agent import APVAgent, make_optimizers
 from apv_hub.config import AGENT_PRESETS, VARIANTS, AgentConfig
 from apv_hub.video_model import APVVideoModel
-from benchmarks.common import machine, time_calls
+from benchmarks.common import bench_parser, machine, report, time_calls
 
 
 def random_batch(config: AgentConfig, action_dim: int, device: str) -> dict[str, torch.Tensor]:
@@ -63,19 +61,12 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = bench_parser(__doc__)
     parser.add_argument("--preset", default="small", choices=sorted(AGENT_PRESETS))
     parser.add_argument("--variant", default="apv", choices=sorted(VARIANTS))
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--action-dim", type=int, default=4, help="Meta-world: 4")
-    parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--updates", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    json.dump(run(args), sys.stdout, indent=2)
-    print()
+    report(run, parser.parse_args(argv))
 
 
 if __name__ == "__main__":

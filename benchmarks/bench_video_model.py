@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import sys
 
 import torch
 
 from apv_hub import APVConfig, APVVideoModel
 from apv_hub.config import PRESETS
 from apv_hub.training.optim import make_adam, optimizer_step
-from benchmarks.common import machine, time_calls
+from benchmarks.common import bench_parser, machine, report, time_calls
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -61,21 +59,14 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = bench_parser(__doc__)
     parser.add_argument("--preset", default="small", choices=sorted(PRESETS))
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch", type=int, default=None, help="default: the preset's")
     parser.add_argument("--length", type=int, default=None, help="default: the preset's")
-    parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast")
     parser.add_argument("--compile", action="store_true", help="torch.compile the loss")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    json.dump(run(args), sys.stdout, indent=2)
-    print()
+    report(run, parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import platform
 import resource
+import sys
 import time
 from collections.abc import Callable
 
@@ -44,3 +47,20 @@ def machine(device: str) -> dict[str, object]:
     if device.startswith("cuda"):
         info["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     return info
+
+
+def bench_parser(doc: str | None) -> argparse.ArgumentParser:
+    """An argument parser with the options every benchmark shares."""
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed calls first")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    return parser
+
+
+def report(run: Callable[[argparse.Namespace], dict], args: argparse.Namespace) -> None:
+    """Apply the shared options, run the benchmark, print its result as JSON."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    json.dump(run(args), sys.stdout, indent=2)
+    print()
