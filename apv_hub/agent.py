@@ -1,0 +1,398 @@
+"""APVAgent: stacked world model + video-based bonus + actor-critic, as one Hub checkpoint.
+
+Modules and optimisers are built separately (``APVAgent(...)`` / ``make_optimizers(agent)``) so
+a trainer can hand both to ``accelerate``; ``update(batch, optimizers)`` is one full training
+step. A checkpoint folder holds ``model.safetensors`` (every weight and buffer: world model,
+bonus queue/normaliser/projection, actor, critic, slow critic, update counter),
+``config.json`` and a ``README.md`` card; ``save_training_state`` adds the optimiser states and
+random-number-generator states as ``training_state.safetensors`` + ``training_state.json`` for an
+exact resume. Nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from huggingface_hub import ModelCard, ModelCardData
+from torch import Tensor, nn
+
+from apv_hub import __version__
+from apv_hub.behavior import ActorCritic, apply_gradients
+from apv_hub.config import AgentConfig
+from apv_hub.hub import CITATION, SafetensorsHubMixin
+from apv_hub.intrinsic import VideoIntrinsicBonus
+from apv_hub.video_model import APVVideoModel
+from apv_hub.weights import CheckpointError, load_tensors, save_tensors
+from apv_hub.world_model import BATCH_KEYS, APVWorldModel
+
+TRAINING_STATE_NAME = "training_state.safetensors"
+TRAINING_STATE_JSON = "training_state.json"
+OPTIMIZER_NAMES = ("model", "actor", "critic")
+
+
+class APVAgent(
+    nn.Module,
+    SafetensorsHubMixin,
+    library_name="apv-hub",
+    paper_url="https://arxiv.org/abs/2203.13880",
+    tags=["apv", "world-model", "reinforcement-learning", "dreamerv2"],
+):
+    """World model + intrinsic bonus (when enabled) + DreamerV2 actor-critic.
+
+    Build from a pre-trained video model with ``from_video_model``; ``APVAgent(config,
+    action_dim)`` gives a randomly initialised agent (DreamerV2, APV without pre-training).
+    """
+
+    MODEL_TYPE = "apv-agent"
+    LOAD_HINTS = {"apv-video": "build an agent on it with APVAgent.from_video_model"}
+
+    def __init__(
+        self,
+        config: AgentConfig | dict | None = None,
+        action_dim: int = 0,
+        training: dict | None = None,
+    ) -> None:
+        super().__init__()
+        if config is None:
+            config = AgentConfig()
+        elif isinstance(config, dict):
+            config = AgentConfig.from_dict(config)
+        if action_dim <= 0:
+            raise ValueError(f"action_dim must be positive, got {action_dim}")
+        self.config, self.action_dim = config, action_dim
+        # Where the pre-trained part came from and what was copied, for the card.
+        self.training_info: dict[str, Any] = dict(training or {})
+        self.world_model = APVWorldModel(config.video, config.world_model, action_dim)
+        self.bonus = (
+            VideoIntrinsicBonus(self.world_model.af_feat_dim, config.intrinsic)
+            if config.intrinsic.enabled
+            else None
+        )
+        self.behavior = ActorCritic(self.world_model.feat_dim, action_dim, config.behavior)
+
+    @classmethod
+    def from_video_model(
+        cls,
+        source: str | Path | APVVideoModel,
+        config: AgentConfig,
+        action_dim: int,
+        **download_kwargs: Any,
+    ) -> APVAgent:
+        """Build on a pre-trained APVVideoModel (instance, checkpoint folder or Hub repo id).
+
+        The checkpoint's APVConfig replaces ``config.video``; ``config.world_model.transfer``
+        says what is copied (``all`` for APV).
+        """
+        video = (
+            source
+            if isinstance(source, APVVideoModel)
+            else APVVideoModel.from_pretrained(source, **download_kwargs)
+        )
+        config = dataclasses.replace(config, video=video.config)
+        named = not isinstance(source, APVVideoModel)
+        info = {"pretrained": str(source) if named else "an APVVideoModel instance"}
+        agent = cls(config, action_dim, training=info)
+        agent.training_info["transferred"] = agent.world_model.load_pretrained(video)
+        return agent.to(next(video.parameters()).device)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def num_updates(self) -> int:
+        """Full updates done (world model + actor-critic)."""
+        return int(self.behavior.updates)
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Trained parameters per optimiser: ``model`` (world model), ``actor``, ``critic``."""
+        return {
+            "model": list(self.world_model.parameters()),
+            "actor": list(self.behavior.actor.parameters()),
+            "critic": list(self.behavior.critic.parameters()),
+        }
+
+    def num_parameters(self) -> dict[str, int]:
+        """Trained parameter counts per optimiser and in total."""
+        counts = {k: sum(p.numel() for p in v) for k, v in self.parameter_groups().items()}
+        counts["total"] = sum(counts.values())
+        return counts
+
+    # Training ----------------------------------------------------------------------------------
+
+    def update(
+        self,
+        batch: dict[str, Tensor],
+        optimizers: dict[str, torch.optim.Optimizer],
+        accelerator: Any = None,
+    ) -> dict[str, float]:
+        """One full update on a replay batch -> metrics.
+
+        batch: image uint8 [B, T, C, H, W], action float [B, T, A] (action[t] led to obs t),
+        reward [B, T], is_first / is_last / is_terminal bool [B, T]. Steps: world-model loss
+        (reward target = reward + beta * bonus), a model step (the encoder and action-free RSSM
+        held during the first ``freeze_pretrained_updates``), then an actor and a critic step on
+        rollouts imagined from every posterior state of the batch.
+        """
+        self.train()
+        batch = {k: batch[k].to(self.device, non_blocking=True) for k in BATCH_KEYS if k in batch}
+        wm_cfg = self.config.world_model
+        frozen = self.num_updates < wm_cfg.freeze_pretrained_updates
+        hold = self.world_model.pretrained_parameters() if frozen else []
+        loss, obs, metrics = self.world_model.loss(batch, self.bonus)
+        metrics["model_grad_norm"] = apply_gradients(
+            loss,
+            optimizers["model"],
+            self.world_model.parameters(),
+            wm_cfg.grad_clip,
+            accelerator,
+            hold,
+        )
+        start = {k: v.flatten(0, 1) for k, v in obs.post.items()}
+        metrics.update(
+            self.behavior.update(
+                self.world_model,
+                start,
+                optimizers["actor"],
+                optimizers["critic"],
+                batch["is_terminal"].flatten(0, 1),
+                accelerator,
+            )
+        )
+        metrics["pretrained_frozen"] = float(frozen)
+        metrics["updates"] = float(self.num_updates)
+        return metrics
+
+    # Acting ------------------------------------------------------------------------------------
+
+    def initial_state(self, batch: int) -> dict[str, Tensor]:
+        """Recurrent state of N environments before their first step: both RSSMs + action."""
+        state = self.world_model.initial_state(batch, self.device)
+        state["action"] = torch.zeros(batch, self.action_dim, device=self.device)
+        return state
+
+    @torch.no_grad()
+    def act(
+        self,
+        obs: dict[str, Any],
+        state: dict[str, Tensor] | None = None,
+        explore: bool = True,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Actions for N environments -> (actions [N, A] in [-1, 1], new state).
+
+        obs: ``image`` uint8 [N, C, H, W] and ``is_first`` bool [N] (default: True when
+        ``state`` is None, else False). ``explore=False`` is deterministic: latent modes and the
+        actor's mode.
+        """
+        image = torch.as_tensor(obs["image"], device=self.device)
+        vc = self.config.video
+        expected = (vc.image_channels, vc.image_size, vc.image_size)
+        if image.dim() != 4 or tuple(image.shape[1:]) != expected or image.dtype != torch.uint8:
+            raise ValueError(
+                f"obs['image'] must be uint8 [N, {', '.join(map(str, expected))}], got "
+                f"{image.dtype} {list(image.shape)}"
+            )
+        n = len(image)
+        is_first = obs.get("is_first")
+        if is_first is None:
+            is_first = torch.full((n,), state is None, dtype=torch.bool)
+        is_first = torch.as_tensor(is_first, device=self.device).bool().reshape(n)
+        state = self.initial_state(n) if state is None else state
+        latent, feat = self.world_model.obs_step(
+            state, state["action"], image, is_first, sample=explore
+        )
+        policy = self.behavior.actor(feat)
+        action = policy.sample() if explore else policy.mode
+        return action, {**latent, "action": action}
+
+    # Training state (exact resume) -------------------------------------------------------------
+
+    def save_training_state(
+        self, directory: str | Path, optimizers: dict[str, torch.optim.Optimizer]
+    ) -> None:
+        """Write optimiser and RNG states beside a checkpoint (tensors + JSON, no pickle)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors, meta = flatten_optimizers(optimizers)
+        tensors["rng/torch"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            for i, s in enumerate(torch.cuda.get_rng_state_all()):
+                tensors[f"rng/cuda{i}"] = s
+        save_tensors(tensors, directory / TRAINING_STATE_NAME)
+        meta["updates"] = self.num_updates
+        (directory / TRAINING_STATE_JSON).write_text(json.dumps(meta, indent=2) + "\n")
+
+    def load_training_state(
+        self,
+        directory: str | Path,
+        optimizers: dict[str, torch.optim.Optimizer],
+        restore_rng: bool = True,
+    ) -> None:
+        """Restore what ``save_training_state`` wrote into freshly built optimisers."""
+        directory = Path(directory)
+        json_path = directory / TRAINING_STATE_JSON
+        if not json_path.is_file():
+            raise CheckpointError(f"{directory} has no {TRAINING_STATE_JSON}; nothing to resume")
+        meta = json.loads(json_path.read_text())
+        if meta.get("updates") != self.num_updates:
+            raise CheckpointError(
+                f"training state of {directory} was saved after {meta.get('updates')} updates, "
+                f"but the agent has done {self.num_updates}: load the weights saved with it"
+            )
+        tensors, _ = load_tensors(directory / TRAINING_STATE_NAME)
+        load_optimizers(optimizers, tensors, meta, source=str(directory))
+        if restore_rng:
+            torch.set_rng_state(tensors["rng/torch"])
+            cuda = sorted(k for k in tensors if k.startswith("rng/cuda"))
+            if cuda and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all([tensors[k] for k in cuda])
+
+    # Hub integration ---------------------------------------------------------------------------
+
+    def config_dict(self) -> dict[str, Any]:
+        return {
+            "apv_hub_version": __version__,
+            "action_dim": self.action_dim,
+            "agent": self.config.to_dict(),
+            "training": self.training_info,
+        }
+
+    @classmethod
+    def from_config_dict(cls, config: dict[str, Any]) -> APVAgent:
+        return cls(
+            AgentConfig.from_dict(config["agent"], require_all=True),
+            int(config["action_dim"]),
+            training=config.get("training"),
+        )
+
+    def model_card(self, repo_id: str | None = None) -> ModelCard:
+        return agent_model_card(self, repo_id=repo_id)
+
+
+def make_optimizers(agent: APVAgent) -> dict[str, torch.optim.Optimizer]:
+    """Adam optimisers (L2 weight decay) for ``model``, ``actor`` and ``critic`` (REFERENCE 2)."""
+    wm, bc = agent.config.world_model, agent.config.behavior
+    groups = agent.parameter_groups()
+    return {
+        "model": torch.optim.Adam(
+            groups["model"], lr=wm.lr, eps=wm.adam_eps, weight_decay=wm.weight_decay
+        ),
+        "actor": torch.optim.Adam(
+            groups["actor"], lr=bc.actor_lr, eps=bc.adam_eps, weight_decay=bc.weight_decay
+        ),
+        "critic": torch.optim.Adam(
+            groups["critic"], lr=bc.critic_lr, eps=bc.adam_eps, weight_decay=bc.weight_decay
+        ),
+    }
+
+
+def flatten_optimizers(
+    optimizers: dict[str, torch.optim.Optimizer],
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Optimiser state dicts -> (tensors named ``opt/<name>/<param>/<key>``, JSON metadata)."""
+    tensors: dict[str, Tensor] = {}
+    meta: dict[str, Any] = {"optimizers": {}}
+    for name, opt in optimizers.items():
+        sd = opt.state_dict()
+        scalars: dict[str, dict[str, Any]] = {}
+        for index, state in sd["state"].items():
+            for key, value in state.items():
+                if isinstance(value, Tensor):
+                    tensors[f"opt/{name}/{index}/{key}"] = value
+                else:
+                    scalars.setdefault(str(index), {})[key] = value
+        meta["optimizers"][name] = {"param_groups": sd["param_groups"], "scalars": scalars}
+    return tensors, meta
+
+
+def load_optimizers(
+    optimizers: dict[str, torch.optim.Optimizer],
+    tensors: dict[str, Tensor],
+    meta: dict[str, Any],
+    source: str,
+) -> None:
+    """Inverse of ``flatten_optimizers``; names the optimisers that do not match."""
+    saved = meta["optimizers"]
+    if set(saved) != set(optimizers):
+        raise CheckpointError(
+            f"training state of {source} has optimisers {sorted(saved)}, "
+            f"expected {sorted(optimizers)}"
+        )
+    for name, opt in optimizers.items():
+        state: dict[int, dict[str, Any]] = {}
+        for index, scalars in saved[name]["scalars"].items():
+            state.setdefault(int(index), {}).update(scalars)
+        prefix = f"opt/{name}/"
+        for key, value in tensors.items():
+            if key.startswith(prefix):
+                index, field = key[len(prefix) :].split("/", 1)
+                state.setdefault(int(index), {})[field] = value
+        groups = saved[name]["param_groups"]
+        sizes = [len(g["params"]) for g in groups]
+        own = [len(g["params"]) for g in opt.param_groups]
+        if sizes != own:
+            raise CheckpointError(
+                f"optimiser {name!r} in {source} has parameter groups of sizes {sizes}, this "
+                f"agent's has {own}: the checkpoint is from another architecture"
+            )
+        opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def agent_model_card(agent: APVAgent, repo_id: str | None = None) -> ModelCard:
+    """The README.md model card of an APVAgent checkpoint."""
+    cfg = agent.config
+    counts = agent.num_parameters()
+    name = repo_id or "path/to/checkpoint"
+    wm = cfg.world_model
+    card_data = ModelCardData(
+        library_name="apv-hub", tags=["apv", "world-model", "reinforcement-learning", "dreamerv2"]
+    )
+    pretrained = agent.training_info.get("pretrained", "none (randomly initialised)")
+    transferred = ", ".join(agent.training_info.get("transferred", [])) or "nothing"
+    size = f"{cfg.video.image_channels}, {cfg.video.image_size}, {cfg.video.image_size}"
+    body = f"""
+# APV agent{f": {repo_id}" if repo_id else ""}
+
+A world-model agent from APV (Seo et al., ICML 2022): variant `{cfg.variant()}`.
+
+- World model: {
+        "action-conditional RSSM stacked on the action-free one"
+        if wm.stacked
+        else "one action-conditional RSSM (DreamerV2)"
+    }; action-conditional input
+  `{wm.ac_input}`; {counts["model"]:,} parameters
+- Pre-trained video model: {pretrained}; copied: {transferred}
+- Intrinsic bonus: {
+        f"beta {cfg.intrinsic.beta}, window {cfg.intrinsic.window}, "
+        f"k {cfg.intrinsic.k}, queue {cfg.intrinsic.queue_size}"
+        if cfg.intrinsic.enabled
+        else "off"
+    }
+- Actor-critic: horizon {cfg.behavior.horizon}, discount {cfg.behavior.discount}, lambda
+  {cfg.behavior.discount_lambda}; actor {counts["actor"]:,} and critic {counts["critic"]:,}
+  parameters; {agent.num_updates} updates done
+- Action dimension: {agent.action_dim}
+
+## Usage
+
+```python
+import torch
+from apv_hub import APVAgent
+
+agent = APVAgent.from_pretrained("{name}")
+obs = {{"image": torch.zeros(1, {size}, dtype=torch.uint8),
+        "is_first": torch.ones(1, dtype=torch.bool)}}
+action, state = agent.act(obs, state=None, explore=False)   # [1, {agent.action_dim}] in [-1, 1]
+```
+
+## Citation
+
+```bibtex
+{CITATION}
+```
+"""
+    return ModelCard(f"---\n{card_data.to_yaml()}\n---\n{body}")

@@ -1,0 +1,313 @@
+"""DreamerV2's actor-critic, learned on rollouts imagined by the action-conditional model.
+
+From each start state (the world model's posteriors), the actor picks actions and the model's
+prior rolls forward ``horizon`` steps; rewards come from the reward head, values from a slow
+copy of the critic, and lambda-returns are the targets. The actor maximises them by
+back-propagating through the model's dynamics (continuous actions) or by REINFORCE, plus an
+entropy bonus; the critic regresses them. Sequences here are [N, H + 1, ...]: start state at 0.
+
+Any object with ``get_feat``, ``img_step``, ``predict_reward`` and ``predict_continuation`` (see
+``ImaginationModel``) can be imagined with: the stacked world model, or a small analytic model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from collections.abc import Iterable, Iterator
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from apv_hub.config import BehaviorConfig
+from apv_hub.nets import MLP
+from apv_hub.rssm import State
+
+_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+
+class ImaginationModel(Protocol):
+    """What the actor-critic needs from a world model."""
+
+    def get_feat(self, state: State) -> Tensor: ...
+
+    def img_step(self, state: State, action: Tensor) -> State: ...
+
+    def predict_reward(self, feat: Tensor) -> Tensor: ...
+
+    def predict_continuation(self, feat: Tensor) -> Tensor | None: ...
+
+
+def _normal_cdf(x: Tensor) -> Tensor:
+    return 0.5 * (1 + torch.erf(x / math.sqrt(2)))
+
+
+def _normal_log_pdf(x: Tensor) -> Tensor:
+    return -0.5 * x.pow(2) - _LOG_SQRT_2PI
+
+
+class TruncNormal:
+    """Independent Normals truncated to [low, high], over the last axis (DreamerV2's actor).
+
+    Reparameterised sampling by the inverse CDF: u ~ U(Phi(a), Phi(b)), x = mean + std *
+    Phi^-1(u), so gradients reach mean and std. Like DreamerV2, samples are clipped ``clip``
+    inside the bounds with a straight-through gradient, and the mode is the clipped mean.
+    """
+
+    def __init__(
+        self, mean: Tensor, std: Tensor, low: float = -1.0, high: float = 1.0, clip: float = 1e-6
+    ) -> None:
+        self.mean, self.std, self.low, self.high, self.clip = mean, std, low, high, clip
+        self._a = (low - mean) / std
+        self._b = (high - mean) / std
+        self._cdf_a, self._cdf_b = _normal_cdf(self._a), _normal_cdf(self._b)
+        self._z = (self._cdf_b - self._cdf_a).clamp_min(torch.finfo(mean.dtype).tiny)
+
+    @property
+    def mode(self) -> Tensor:
+        return self.mean.clamp(self.low, self.high)
+
+    def sample(self) -> Tensor:
+        """A reparameterised draw [..., A]."""
+        eps = torch.finfo(self.mean.dtype).eps
+        u = torch.rand_like(self.mean)
+        u = (self._cdf_a + u * self._z).clamp(eps, 1 - eps)
+        x = self.mean + self.std * torch.special.ndtri(u)
+        clipped = x.clamp(self.low + self.clip, self.high - self.clip)
+        return x + (clipped - x).detach()
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """Log density of x [..., A] (inside the bounds), summed over the last axis -> [...]."""
+        z = (x - self.mean) / self.std
+        return (_normal_log_pdf(z) - self.std.log() - self._z.log()).sum(-1)
+
+    def entropy(self) -> Tensor:
+        """Differential entropy, summed over the last axis -> [...]."""
+        a_pdf = torch.exp(_normal_log_pdf(self._a))
+        b_pdf = torch.exp(_normal_log_pdf(self._b))
+        per_dim = (
+            0.5 * math.log(2 * math.pi * math.e)
+            + self.std.log()
+            + self._z.log()
+            + (self._a * a_pdf - self._b * b_pdf) / (2 * self._z)
+        )
+        return per_dim.sum(-1)
+
+
+class Actor(nn.Module):
+    """Features [..., feat_dim] -> TruncNormal over actions [..., A] in [-1, 1].
+
+    mean = tanh(x), std = 2 * sigmoid(y / 2) + min_std (DreamerV2's ``trunc_normal``).
+    """
+
+    def __init__(self, feat_dim: int, action_dim: int, config: BehaviorConfig) -> None:
+        super().__init__()
+        self.min_std = config.actor_min_std
+        self.net = MLP(
+            feat_dim, 2 * action_dim, config.actor_units, config.actor_layers, config.act
+        )
+
+    def forward(self, feat: Tensor) -> TruncNormal:
+        mean, std = self.net(feat).chunk(2, -1)
+        return TruncNormal(torch.tanh(mean), 2 * torch.sigmoid(std / 2) + self.min_std)
+
+
+def lambda_return(
+    reward: Tensor, value: Tensor, pcont: Tensor, bootstrap: Tensor, lambda_: float
+) -> Tensor:
+    """TD(lambda) returns over the time axis 1 (DreamerV2's ``lambda_return``).
+
+    reward, value, pcont [N, H]; bootstrap [N] (the value after the last step).
+    R_t = r_t + pcont_t * ((1 - lambda) * v_{t+1} + lambda * R_{t+1}), R_H = bootstrap.
+    """
+    next_value = torch.cat([value[:, 1:], bootstrap[:, None]], 1)
+    inputs = reward + pcont * next_value * (1 - lambda_)
+    returns, last = [], bootstrap
+    for t in reversed(range(reward.shape[1])):
+        last = inputs[:, t] + pcont[:, t] * lambda_ * last
+        returns.append(last)
+    return torch.stack(returns[::-1], 1)
+
+
+@contextlib.contextmanager
+def no_param_grads(module: Any) -> Iterator[None]:
+    """Stop gradients into a module's parameters while still flowing through its computations.
+
+    Imagination back-propagates the actor's objective through the world model's dynamics, but
+    must not leave gradients on the world model's parameters.
+    """
+    params = (
+        [p for p in module.parameters() if p.requires_grad] if isinstance(module, nn.Module) else []
+    )
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def apply_gradients(
+    loss: Tensor,
+    optimizer: torch.optim.Optimizer,
+    params: Iterable[nn.Parameter],
+    clip: float,
+    accelerator: Any = None,
+    hold: Iterable[nn.Parameter] = (),
+) -> float:
+    """Backward, drop the gradients of ``hold`` params, clip the norm, step -> the norm.
+
+    With an ``accelerator`` (accelerate.Accelerator), its ``backward`` and ``clip_grad_norm_``
+    are used, so mixed precision and gradient scaling work as configured there.
+    """
+    params = list(params)
+    optimizer.zero_grad(set_to_none=True)
+    if accelerator is not None:
+        accelerator.backward(loss)
+    else:
+        loss.backward()
+    for p in hold:
+        p.grad = None
+    clip_fn = accelerator.clip_grad_norm_ if accelerator is not None else nn.utils.clip_grad_norm_
+    norm = clip_fn(params, clip)
+    optimizer.step()
+    return float(norm)
+
+
+class ActorCritic(nn.Module):
+    """Actor, critic and slow critic, with the DreamerV2 losses and update."""
+
+    def __init__(self, feat_dim: int, action_dim: int, config: BehaviorConfig | None = None):
+        super().__init__()
+        self.config = config = config or BehaviorConfig()
+        self.action_dim = action_dim
+        self.actor = Actor(feat_dim, action_dim, config)
+        self.critic = MLP(feat_dim, 1, config.critic_units, config.critic_layers, config.act)
+        self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False)
+        # Actor-critic updates done; the slow critic is refreshed when it is a multiple of
+        # slow_target_update (DreamerV2 counts before incrementing, so update 0 copies).
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+
+    def target_critic(self) -> nn.Module:
+        return self.slow_critic if self.config.slow_target else self.critic
+
+    def imagine(
+        self, model: ImaginationModel, start: State, is_terminal: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        """Roll out ``horizon`` steps from start states [N, ...] -> sequences [N, H + 1, ...].
+
+        Returns feat, action (action[:, t] led to step t; zeros at t = 0), reward, discount
+        (gamma, times the predicted continuation when the model has a head; at t = 0 the true
+        1 - is_terminal [N] of the start state then) and weight (cumulative discount before t).
+        """
+        cfg = self.config
+        state = start
+        feat = model.get_feat(state)
+        feats = [feat]
+        actions = [torch.zeros(*feat.shape[:-1], self.action_dim, device=feat.device)]
+        for _ in range(cfg.horizon):
+            action = self.actor(feat.detach()).sample()
+            state = model.img_step(state, action)
+            feat = model.get_feat(state)
+            feats.append(feat)
+            actions.append(action)
+        seq = {"feat": torch.stack(feats, 1), "action": torch.stack(actions, 1)}
+        seq["reward"] = model.predict_reward(seq["feat"])
+        continuation = model.predict_continuation(seq["feat"])
+        if continuation is None:
+            discount = torch.full_like(seq["reward"], cfg.discount)
+        else:
+            discount = cfg.discount * continuation
+            if is_terminal is not None:
+                first = cfg.discount * (1.0 - is_terminal.float())
+                discount = torch.cat([first[:, None], discount[:, 1:]], 1)
+        seq["discount"] = discount
+        # Whether step t is reached at all: the product of the discounts before it.
+        ones = torch.ones_like(discount[:, :1])
+        seq["weight"] = torch.cumprod(torch.cat([ones, discount[:, :-1]], 1), 1).detach()
+        return seq
+
+    def target(self, seq: dict[str, Tensor]) -> Tensor:
+        """Lambda-returns [N, H] of steps 0..H-1, bootstrapped by the slow critic at step H."""
+        value = self.target_critic()(seq["feat"]).squeeze(-1)
+        return lambda_return(
+            seq["reward"][:, :-1],
+            value[:, :-1],
+            seq["discount"][:, :-1],
+            value[:, -1],
+            self.config.discount_lambda,
+        )
+
+    def actor_loss(self, seq: dict[str, Tensor], target: Tensor) -> tuple[Tensor, dict[str, float]]:
+        """The policy at steps 0..H-2 chose the actions of steps 1..H-1, whose returns it gets."""
+        cfg = self.config
+        policy = self.actor(seq["feat"][:, :-2].detach())
+        if cfg.actor_grad == "dynamics":
+            objective = target[:, 1:]
+        else:
+            baseline = self.target_critic()(seq["feat"][:, :-2]).squeeze(-1)
+            advantage = (target[:, 1:] - baseline).detach()
+            objective = policy.log_prob(seq["action"][:, 1:-1].detach()) * advantage
+        entropy = policy.entropy()
+        objective = objective + cfg.actor_entropy * entropy
+        loss = -(seq["weight"][:, :-2] * objective).mean()
+        return loss, {"actor_loss": loss.item(), "actor_entropy": entropy.mean().item()}
+
+    def critic_loss(
+        self, seq: dict[str, Tensor], target: Tensor
+    ) -> tuple[Tensor, dict[str, float]]:
+        """Unit-variance Normal NLL (no constant) of the returns under the critic, weighted."""
+        value = self.critic(seq["feat"][:, :-1].detach()).squeeze(-1)
+        loss = (0.5 * (value - target.detach()).pow(2) * seq["weight"][:, :-1]).mean()
+        return loss, {"critic_loss": loss.item(), "critic_value": value.mean().item()}
+
+    def update(
+        self,
+        model: ImaginationModel,
+        start: State,
+        actor_opt: torch.optim.Optimizer,
+        critic_opt: torch.optim.Optimizer,
+        is_terminal: Tensor | None = None,
+        accelerator: Any = None,
+    ) -> dict[str, float]:
+        """One actor and one critic step from start states [N, ...] (detached here)."""
+        cfg = self.config
+        start = {k: v.detach() for k, v in start.items()}
+        with no_param_grads(model):
+            grad = torch.enable_grad() if cfg.actor_grad == "dynamics" else torch.no_grad()
+            with grad:
+                seq = self.imagine(model, start, is_terminal)
+                target = self.target(seq)
+        actor_loss, metrics = self.actor_loss(seq, target)
+        critic_loss, critic_metrics = self.critic_loss(seq, target)
+        metrics.update(critic_metrics)
+        metrics["actor_grad_norm"] = apply_gradients(
+            actor_loss, actor_opt, self.actor.parameters(), cfg.grad_clip, accelerator
+        )
+        metrics["critic_grad_norm"] = apply_gradients(
+            critic_loss, critic_opt, self.critic.parameters(), cfg.grad_clip, accelerator
+        )
+        metrics["imag_reward_mean"] = seq["reward"].mean().item()
+        metrics["imag_return_mean"] = target.mean().item()
+        metrics["imag_action_abs_mean"] = seq["action"][:, 1:].abs().mean().item()
+        self.update_slow_target()
+        return metrics
+
+    @torch.no_grad()
+    def update_slow_target(self) -> None:
+        """Every ``slow_target_update`` updates (and at update 0), move the slow critic."""
+        cfg = self.config
+        if cfg.slow_target and int(self.updates) % cfg.slow_target_update == 0:
+            mix = 1.0 if int(self.updates) == 0 else cfg.slow_target_fraction
+            for slow, fast in zip(
+                self.slow_critic.parameters(), self.critic.parameters(), strict=True
+            ):
+                # A full copy must be exact: lerp with weight 1 can differ in the last bit.
+                if mix == 1.0:
+                    slow.copy_(fast)
+                else:
+                    slow.lerp_(fast, mix)
+        self.updates += 1
