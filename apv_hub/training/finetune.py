@@ -312,7 +312,8 @@ RUN_PRESETS: dict[str, dict[str, Any]] = {
         eval_episodes=1,
         checkpoint_every=20_000,
     ),
-    # The Meta-world recipe on the `small` agent: a CPU run of an hour or so.
+    # The Meta-world recipe on the `small` agent: hours on a 2-core CPU (~1.4 env steps/s while
+    # training, benchmarks/RESULTS-finetune.md); shorten with --steps for a look.
     "small": dict(
         total_env_steps=20_000,
         prefill=1000,
