@@ -31,7 +31,7 @@ class SlideToCenter(gym.Env):
     is stands out in every frame; actions move it by up to ``speed`` (x lies in [-1, 1]).
     """
 
-    metadata = {"render_modes": ["rgb_array"]}
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
 
     def __init__(
         self,
