@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -417,7 +418,7 @@ A world-model agent from APV (Seo et al., ICML 2022): variant `{cfg.variant()}`.
   {cfg.behavior.discount_lambda}; actor {counts["actor"]:,} and critic {counts["critic"]:,}
   parameters; {agent.num_updates} updates done
 - Action dimension: {agent.action_dim}
-
+{finetune_section(agent.training_info.get("finetune"))}
 ## Usage
 
 ```python
@@ -437,3 +438,43 @@ action, state = agent.act(obs, state=None, explore=False)   # [1, {agent.action_
 ```
 """
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n{body}")
+
+
+def finetune_section(info: dict[str, Any] | None) -> str:
+    """The card's fine-tuning section: environment, variant, steps and the evaluation curve as
+    measured (empty for an agent that was not fine-tuned by apv_hub.training.finetune)."""
+    if not info:
+        return ""
+    lines = [
+        "",
+        "## Fine-tuning",
+        "",
+        f"- Environment: `{info.get('env')}` (options {info.get('env_options') or 'default'})",
+        f"- Variant: `{info.get('variant')}`, preset `{info.get('preset')}`, "
+        f"seed {info.get('seed')}",
+        f"- Environment steps: {info.get('env_steps')} ({info.get('policy_steps')} policy steps), "
+        f"{info.get('updates')} updates, {info.get('processes', 1)} process(es)",
+    ]
+    if info.get("command"):
+        lines += ["- Command:", "", "```bash", str(info["command"]), "```"]
+    curve = info.get("eval_curve") or []
+    if curve:
+        success = any("success_rate" in row for row in curve)
+        lines += [
+            "",
+            "Evaluation (deterministic policy) during fine-tuning, as measured:",
+            "",
+            "| env steps | return (95% CI) |" + (" success rate |" if success else ""),
+            "|---|---|" + ("---|" if success else ""),
+        ]
+        shown = curve if len(curve) <= 30 else curve[:: math.ceil(len(curve) / 30)] + curve[-1:]
+        for row in shown:
+            low, high = row["return_ci_low"], row["return_ci_high"]
+            ret = f"{row['return_mean']:.2f} ({low:.2f}, {high:.2f})"
+            rate = (
+                f" {row['success_rate']:.2f} |"
+                if "success_rate" in row
+                else (" |" if success else "")
+            )
+            lines.append(f"| {row['env_steps']} | {ret} |{rate}")
+    return "\n".join(lines) + "\n"

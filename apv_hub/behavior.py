@@ -161,7 +161,11 @@ def apply_gradients(
     """Backward, drop the gradients of ``hold`` params, clip the norm, step -> the norm.
 
     With an ``accelerator`` (accelerate.Accelerator), its ``backward`` and ``clip_grad_norm_``
-    are used, so mixed precision and gradient scaling work as configured there.
+    are used, so mixed precision and gradient scaling work as configured there; with several
+    processes the gradients are averaged across them before clipping (the agent's modules are
+    not wrapped in DistributedDataParallel, so nothing else would synchronise them). A
+    non-finite gradient norm skips the step, so that one bad batch cannot poison the weights;
+    the returned norm tells the caller.
     """
     params = list(params)
     optimizer.zero_grad(set_to_none=True)
@@ -171,10 +175,32 @@ def apply_gradients(
         loss.backward()
     for p in hold:
         p.grad = None
+    if accelerator is not None and accelerator.num_processes > 1:
+        average_gradients(params, accelerator)
     clip_fn = accelerator.clip_grad_norm_ if accelerator is not None else nn.utils.clip_grad_norm_
-    norm = clip_fn(params, clip)
-    optimizer.step()
-    return float(norm)
+    norm = float(clip_fn(params, clip))
+    if math.isfinite(norm):
+        optimizer.step()
+    else:
+        optimizer.zero_grad(set_to_none=True)
+    return norm
+
+
+def average_gradients(params: Iterable[nn.Parameter], accelerator: Any) -> None:
+    """Average the gradients of ``params`` over the processes, in one flat all-reduce.
+
+    Every process runs the same code on the same parameters, so the set of parameters that
+    have a gradient is the same everywhere.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    flat = accelerator.reduce(flat, reduction="mean")
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
 
 
 class ActorCritic(nn.Module):

@@ -118,9 +118,13 @@ class PixelEnv:
         """Environment steps taken in the current episode (counting repeats)."""
         return self._env_steps
 
-    def reset(self) -> tuple[Obs, dict[str, Any]]:
-        """Start an episode: the observation has ``is_first=True``, zero action and zero reward."""
-        state, info = self.env.reset(seed=self._seed)
+    def reset(self, seed: int | None = None) -> tuple[Obs, dict[str, Any]]:
+        """Start an episode: the observation has ``is_first=True``, zero action and zero reward.
+
+        ``seed`` reseeds the environment for this episode (reproducible episodes, e.g. for
+        evaluation or an exact resume); None continues its own random stream.
+        """
+        state, info = self.env.reset(seed=self._seed if seed is None else seed)
         self._seed = None  # Seed once; later episodes continue the environment's own stream.
         self._env_steps = 0
         self._done = False

@@ -71,7 +71,23 @@ def make_gym_env(
         base.set_task(env.get_wrapper_attr("tasks")[0])
         base._freeze_rand_vec = False
         base.seeded_rand_vec = True
-    return env
+    return SeedOnReset(env)
+
+
+class SeedOnReset(gym.Wrapper):
+    """Make ``reset(seed=...)`` reseed a Meta-world environment.
+
+    Meta-world's ``reset`` ignores its ``seed`` argument (positions are drawn before Gymnasium's
+    seeding runs), so an explicit seed goes through the environment's own ``seed()`` first:
+    an episode reset with seed s then always starts from the same positions.
+    """
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
+        if seed is not None:
+            self.env.unwrapped.seed(seed)
+        return self.env.reset(options=options)
 
 
 def scripted_policy(task: str) -> Any:

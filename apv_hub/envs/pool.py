@@ -81,7 +81,8 @@ def _worker(conn: Any, spec: str | EnvFactory, seed: int, options: dict[str, Any
             command, action = conn.recv()
             if command == "close":
                 break
-            obs, info = env.reset() if command == "reset" else env.step(action)
+            # A reset's payload is the episode's seed (or None), a step's the action.
+            obs, info = env.reset(action) if command == "reset" else env.step(action)
             conn.send(("ok", (obs, info)))
     except (EOFError, KeyboardInterrupt):
         pass  # The parent went away or is shutting down.
@@ -168,18 +169,25 @@ class EnvPool:
         """Process ids of the current workers, one per slot."""
         return [p.pid for p in self._procs]
 
-    def reset(self) -> Obs:
-        """Start a new episode in every slot; returns observations with a leading ``[N]`` axis."""
-        self._check_open()
-        return self._exchange([("reset", None)] * self.num_envs)
+    def reset(self, seeds: Sequence[int] | None = None) -> Obs:
+        """Start a new episode in every slot; returns observations with a leading ``[N]`` axis.
 
-    def step(self, actions: np.ndarray) -> Obs:
+        ``seeds`` ([N] ints) reseeds each slot's environment for this episode; None continues
+        the environments' own random streams.
+        """
+        self._check_open()
+        seeds = self._check_seeds(seeds)
+        return self._exchange([("reset", seed) for seed in seeds])
+
+    def step(self, actions: np.ndarray, seeds: Sequence[int] | None = None) -> Obs:
         """Step every slot with ``actions`` ``[N, A]`` (in ``[-1, 1]``).
 
         Slots whose previous observation was the last of an episode are reset instead (their
-        action is ignored) and return ``is_first=True``.
+        action is ignored) and return ``is_first=True``; ``seeds`` ([N] ints, optional) gives
+        the seeds of those new episodes (entries of the other slots are not used).
         """
         self._check_open()
+        seeds = self._check_seeds(seeds)
         actions = np.asarray(actions, dtype=np.float32)
         if actions.shape != (self.num_envs, self.action_dim):
             raise ValueError(
@@ -188,10 +196,17 @@ class EnvPool:
         if any(last is None for last in self._last):
             raise EnvError("call reset() before step()")
         commands = [
-            ("reset", None) if last["is_last"] else ("step", action)
-            for last, action in zip(self._last, actions, strict=True)
+            ("reset", seed) if last["is_last"] else ("step", action)
+            for last, action, seed in zip(self._last, actions, seeds, strict=True)
         ]
         return self._exchange(commands)
+
+    def _check_seeds(self, seeds: Sequence[int] | None) -> list[int | None]:
+        if seeds is None:
+            return [None] * self.num_envs
+        if len(seeds) != self.num_envs:
+            raise ValueError(f"seeds must have {self.num_envs} entries, got {len(seeds)}")
+        return [int(seed) for seed in seeds]
 
     def close(self) -> None:
         """Stop every worker (asking politely first, then killing)."""
@@ -219,14 +234,14 @@ class EnvPool:
         if self._closed:
             raise EnvError("the pool is closed")
 
-    def _exchange(self, commands: Sequence[tuple[str, np.ndarray | None]]) -> Obs:
+    def _exchange(self, commands: Sequence[tuple[str, Any]]) -> Obs:
         """Send one command to every worker, then gather the replies (workers run in parallel)."""
         sent = [self._send(slot, command) for slot, command in enumerate(commands)]
         results: list[Obs] = []
         for slot, (command, action) in enumerate(commands):
             reply = self._receive(slot) if sent[slot] else ("error", "the worker's pipe is closed")
             if command == "reset":
-                reply = self._retry_reset(slot, reply)
+                reply = self._retry_reset(slot, reply, action)
             if reply[0] == "ok":
                 obs, self.infos[slot] = reply[1]
             else:
@@ -236,13 +251,13 @@ class EnvPool:
             results.append(obs)
         return {key: np.stack([obs[key] for obs in results]) for key in results[0]}
 
-    def _retry_reset(self, slot: int, reply: tuple[str, Any]) -> tuple[str, Any]:
+    def _retry_reset(self, slot: int, reply: tuple[str, Any], seed: int | None) -> tuple[str, Any]:
         """Reset on fresh workers until one succeeds (no episode was running, nothing to end)."""
         for _ in range(self.max_start_attempts):
             if reply[0] == "ok":
                 return reply
             self._replace(slot, reply[1])
-            sent = self._send(slot, ("reset", None))
+            sent = self._send(slot, ("reset", seed))
             reply = self._receive(slot) if sent else ("error", "the worker's pipe is closed")
         if reply[0] != "ok":
             raise EnvError(
