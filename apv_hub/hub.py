@@ -6,6 +6,8 @@ long (only what was recorded), how to use it, and the APV citation.
 
 from __future__ import annotations
 
+import os
+import re
 from typing import TYPE_CHECKING, Any
 
 from huggingface_hub import ModelCard, ModelCardData
@@ -30,6 +32,14 @@ KNOWN_CHECKPOINTS: dict[str, str] = {
 }
 
 
+REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def _is_repo_id(name: Any) -> bool:
+    """Whether a training data entry names a Hub dataset (``owner/name``, not a local folder)."""
+    return bool(name) and bool(REPO_ID.match(str(name))) and not os.path.exists(str(name))
+
+
 def _millions(n: int) -> str:
     return f"{n / 1e6:.2f}M"
 
@@ -45,9 +55,15 @@ def _training_section(info: dict[str, Any]) -> str:
         lines.append(f"- Gradient steps: {info['steps']}")
     if info.get("batch"):
         lines.append(f"- Batch: {info['batch']}")
+    if info.get("init"):
+        lines.append(f"- Initialised from: {info['init']}")
+    if info.get("precision"):
+        lines.append(f"- Precision: {info['precision']}")
     for name, value in (info.get("metrics") or {}).items():
         value = f"{value:.4g}" if isinstance(value, float) else value
         lines.append(f"- Final {name} (measured): {value}")
+    if info.get("metrics_note"):
+        lines.append(f"- How the final values were measured: {info['metrics_note']}")
     if info.get("command"):
         lines.append(f"- Command:\n\n```bash\n{info['command']}\n```")
     return "\n".join(lines) if lines else "Not recorded."
@@ -62,7 +78,7 @@ def video_model_card(model: APVVideoModel, repo_id: str | None = None) -> ModelC
     card_data = ModelCardData(
         library_name="apv-hub",
         tags=["apv", "world-model", "video-prediction", "reinforcement-learning"],
-        datasets=[d for d in (data if isinstance(data, list) else [data]) if d and "/" in str(d)]
+        datasets=[d for d in (data if isinstance(data, list) else [data]) if _is_repo_id(d)]
         or None,
     )
     body = f"""
