@@ -18,19 +18,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from huggingface_hub import ModelCard, ModelCardData, PyTorchModelHubMixin
+from huggingface_hub import ModelCard, ModelCardData
 from torch import Tensor, nn
 
 from apv_hub import __version__
 from apv_hub.behavior import ActorCritic, apply_gradients
 from apv_hub.config import AgentConfig
-from apv_hub.hub import CITATION
+from apv_hub.hub import CITATION, SafetensorsHubMixin
 from apv_hub.intrinsic import VideoIntrinsicBonus
-from apv_hub.video_model import CONFIG_NAME, WEIGHTS_NAME, APVVideoModel, resolve_file
-from apv_hub.weights import CheckpointError, load_into, load_tensors, save_tensors
+from apv_hub.video_model import APVVideoModel
+from apv_hub.weights import CheckpointError, load_tensors, save_tensors
 from apv_hub.world_model import BATCH_KEYS, APVWorldModel
 
-MODEL_TYPE = "apv-agent"
 TRAINING_STATE_NAME = "training_state.safetensors"
 TRAINING_STATE_JSON = "training_state.json"
 OPTIMIZER_NAMES = ("model", "actor", "critic")
@@ -38,7 +37,7 @@ OPTIMIZER_NAMES = ("model", "actor", "critic")
 
 class APVAgent(
     nn.Module,
-    PyTorchModelHubMixin,
+    SafetensorsHubMixin,
     library_name="apv-hub",
     paper_url="https://arxiv.org/abs/2203.13880",
     tags=["apv", "world-model", "reinforcement-learning", "dreamerv2"],
@@ -48,6 +47,9 @@ class APVAgent(
     Build from a pre-trained video model with ``from_video_model``; ``APVAgent(config,
     action_dim)`` gives a randomly initialised agent (DreamerV2, APV without pre-training).
     """
+
+    MODEL_TYPE = "apv-agent"
+    LOAD_HINTS = {"apv-video": "build an agent on it with APVAgent.from_video_model"}
 
     def __init__(
         self,
@@ -254,65 +256,22 @@ class APVAgent(
 
     def config_dict(self) -> dict[str, Any]:
         return {
-            "model_type": MODEL_TYPE,
             "apv_hub_version": __version__,
             "action_dim": self.action_dim,
             "agent": self.config.to_dict(),
             "training": self.training_info,
         }
 
-    def _save_pretrained(self, save_directory: Path) -> None:
-        save_tensors(self.state_dict(), save_directory / WEIGHTS_NAME)
-        (save_directory / CONFIG_NAME).write_text(json.dumps(self.config_dict(), indent=2) + "\n")
-        (save_directory / "README.md").unlink(missing_ok=True)
-
-    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
-        """Upload model.safetensors, config.json and a model card to the Hub repo ``repo_id``."""
-        card_kwargs = {"repo_id": repo_id, **(kwargs.pop("model_card_kwargs", None) or {})}
-        return super().push_to_hub(repo_id, model_card_kwargs=card_kwargs, **kwargs)
-
-    def generate_model_card(self, *args: Any, **kwargs: Any) -> ModelCard:
-        return agent_model_card(self, repo_id=kwargs.get("repo_id"))
-
     @classmethod
-    def _from_pretrained(
-        cls,
-        *,
-        model_id: str,
-        revision: str | None,
-        cache_dir: str | Path | None,
-        force_download: bool,
-        local_files_only: bool,
-        token: str | bool | None,
-        config: dict | None = None,
-        map_location: str = "cpu",
-        **unused: Any,
-    ) -> APVAgent:
-        def fetch(filename: str) -> str:
-            return resolve_file(
-                model_id,
-                filename,
-                revision=revision,
-                cache_dir=cache_dir,
-                force_download=force_download,
-                local_files_only=local_files_only,
-                token=token,
-            )
-
-        if config is None:
-            config = json.loads(Path(fetch(CONFIG_NAME)).read_text())
-        kind = config.get("model_type")
-        if kind != MODEL_TYPE:
-            hint = " (build an agent on it with APVAgent.from_video_model)" if kind else ""
-            raise CheckpointError(f"{model_id} holds a {kind!r} checkpoint, not an APVAgent{hint}")
-        agent = cls(
+    def from_config_dict(cls, config: dict[str, Any]) -> APVAgent:
+        return cls(
             AgentConfig.from_dict(config["agent"], require_all=True),
             int(config["action_dim"]),
             training=config.get("training"),
         )
-        tensors, _ = load_tensors(fetch(WEIGHTS_NAME), device=map_location)
-        load_into(agent, tensors, source=model_id)
-        return agent.to(map_location)
+
+    def model_card(self, repo_id: str | None = None) -> ModelCard:
+        return agent_model_card(self, repo_id=repo_id)
 
 
 def make_optimizers(agent: APVAgent) -> dict[str, torch.optim.Optimizer]:

@@ -7,6 +7,8 @@ Images inside the networks are float in [-0.5, 0.5]; conversion from uint8 lives
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -25,6 +27,17 @@ def preprocess(frames: Tensor) -> Tensor:
 def postprocess(images: Tensor) -> Tensor:
     """Float images [..., C, H, W] around [-0.5, 0.5] -> uint8 frames."""
     return ((images.clamp(-0.5, 0.5) + 0.5) * 255.0).round().to(torch.uint8)
+
+
+def image_nll(recon: Tensor, frames: Tensor) -> Tensor:
+    """Unit-variance Normal NLL of uint8 frames [B, T, C, H, W] under mean images ``recon``.
+
+    Summed over C x H x W, averaged over batch and time (the video model's convention).
+    """
+    target = preprocess(frames)
+    pixels = math.prod(target.shape[2:])
+    sq_err = (recon.float() - target).pow(2).sum((2, 3, 4))
+    return (0.5 * sq_err + 0.5 * math.log(2 * math.pi) * pixels).mean()
 
 
 def conv_out_size(size: int, kernels: tuple[int, ...]) -> int:

@@ -7,34 +7,24 @@ the ELBO: image log-likelihood + kl_scale * balanced KL(posterior || prior). Che
 
 from __future__ import annotations
 
-import json
-import math
-import os
-from pathlib import Path
 from typing import Any
 
 import torch
-from huggingface_hub import ModelCard, PyTorchModelHubMixin, constants, hf_hub_download
-from huggingface_hub.errors import (
-    EntryNotFoundError,
-    HFValidationError,
-    LocalEntryNotFoundError,
-    OfflineModeIsEnabled,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-)
+from huggingface_hub import ModelCard
 from torch import Tensor, nn
 
 from apv_hub import __version__
 from apv_hub.config import APVConfig
-from apv_hub.nets import ConvDecoder, ConvEncoder, check_image_geometry, postprocess, preprocess
+from apv_hub.hub import SafetensorsHubMixin, video_model_card
+from apv_hub.nets import (
+    ConvDecoder,
+    ConvEncoder,
+    check_image_geometry,
+    image_nll,
+    postprocess,
+    preprocess,
+)
 from apv_hub.rssm import RSSM, State
-from apv_hub.weights import CheckpointError, load_into, load_tensors, save_tensors
-
-WEIGHTS_NAME = constants.SAFETENSORS_SINGLE_FILE  # "model.safetensors"
-CONFIG_NAME = constants.CONFIG_NAME  # "config.json"
-MODEL_TYPE = "apv-video"
-DOWNLOAD_KWARGS = ("revision", "cache_dir", "force_download", "local_files_only", "token")
 
 
 def default_is_first(frames: Tensor) -> Tensor:
@@ -46,7 +36,7 @@ def default_is_first(frames: Tensor) -> Tensor:
 
 class APVVideoModel(
     nn.Module,
-    PyTorchModelHubMixin,
+    SafetensorsHubMixin,
     library_name="apv-hub",
     paper_url="https://arxiv.org/abs/2203.13880",
     tags=["apv", "world-model", "video-prediction", "reinforcement-learning"],
@@ -56,6 +46,8 @@ class APVVideoModel(
     Frames at the edges are uint8 [B, T, C, H, W]; features are [B, T, feat_dim] with
     feat_dim = stoch * classes + deter.
     """
+
+    MODEL_TYPE = "apv-video"
 
     def __init__(self, config: APVConfig | dict | None = None, training: dict | None = None):
         super().__init__()
@@ -123,19 +115,16 @@ class APVVideoModel(
         """
         cfg = self.config
         _, post, prior = self.observe(frames, is_first)
-        target = preprocess(frames)
         recon = self.decoder(self.rssm.get_feat(post))
-        sq_err = (recon.float() - target).pow(2)
-        pixels = math.prod(target.shape[2:])
-        image_nll = (0.5 * sq_err.sum((2, 3, 4)) + 0.5 * math.log(2 * math.pi) * pixels).mean()
+        nll = image_nll(recon, frames)
         kl_loss, kl_value = self.rssm.kl_loss(
             post, prior, cfg.kl_balance, cfg.free_nats, cfg.free_avg
         )
-        loss = cfg.image_loss_scale * image_nll + cfg.kl_scale * kl_loss
+        loss = cfg.image_loss_scale * nll + cfg.kl_scale * kl_loss
         metrics = {
             "loss": loss.item(),
-            "image_nll": image_nll.item(),
-            "image_mse": sq_err.mean().item(),
+            "image_nll": nll.item(),
+            "image_mse": (recon.detach().float() - preprocess(frames)).pow(2).mean().item(),
             "kl": kl_value.mean().item(),
             "kl_loss": kl_loss.item(),
         }
@@ -167,104 +156,14 @@ class APVVideoModel(
     def config_dict(self) -> dict[str, Any]:
         """What config.json holds: every config field plus library metadata."""
         return {
-            "model_type": MODEL_TYPE,
             "apv_hub_version": __version__,
             **self.config.to_dict(),
             "training": self.training_info,
         }
 
-    def _save_pretrained(self, save_directory: Path) -> None:
-        save_tensors(self.state_dict(), save_directory / WEIGHTS_NAME)
-        (save_directory / CONFIG_NAME).write_text(json.dumps(self.config_dict(), indent=2) + "\n")
-        # The mixin writes a card only where none exists; a re-save must not keep a stale one.
-        (save_directory / "README.md").unlink(missing_ok=True)
-
-    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
-        """Upload model.safetensors, config.json and a model card to the Hub repo ``repo_id``."""
-        card_kwargs = {"repo_id": repo_id, **(kwargs.pop("model_card_kwargs", None) or {})}
-        return super().push_to_hub(repo_id, model_card_kwargs=card_kwargs, **kwargs)
-
-    def generate_model_card(self, *args: Any, **kwargs: Any) -> ModelCard:
-        from apv_hub.hub import video_model_card
-
-        return video_model_card(self, repo_id=kwargs.get("repo_id"))
-
     @classmethod
-    def from_pretrained(
-        cls, pretrained_model_name_or_path: str | Path, **kwargs: Any
-    ) -> APVVideoModel:
-        """Load from a checkpoint folder or a Hub repo id (``revision``, ``cache_dir``, ...).
+    def from_config_dict(cls, config: dict[str, Any]) -> APVVideoModel:
+        return cls(APVConfig.from_json_dict(config), training=config.get("training"))
 
-        The weights are read from safetensors only; a missing repo, file or cache entry, a damaged
-        file or a checkpoint of another architecture raises a CheckpointError saying which.
-        """
-        download = {k: kwargs[k] for k in DOWNLOAD_KWARGS if k in kwargs}
-        # Resolve config.json first: the mixin would swallow or obscure a failed lookup.
-        resolve_file(str(pretrained_model_name_or_path), CONFIG_NAME, **download)
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-
-    @classmethod
-    def _from_pretrained(
-        cls,
-        *,
-        model_id: str,
-        revision: str | None,
-        cache_dir: str | Path | None,
-        force_download: bool,
-        local_files_only: bool,
-        token: str | bool | None,
-        config: dict | None = None,
-        map_location: str = "cpu",
-        **unused: Any,
-    ) -> APVVideoModel:
-        if config is None:
-            raise CheckpointError(f"{model_id} has no readable {CONFIG_NAME}")
-        if config.get("model_type", MODEL_TYPE) != MODEL_TYPE:
-            raise CheckpointError(
-                f"{model_id} holds a {config['model_type']!r} checkpoint, not an APVVideoModel"
-            )
-        model = cls(APVConfig.from_json_dict(config), training=config.get("training"))
-        weights = resolve_file(
-            model_id,
-            WEIGHTS_NAME,
-            revision=revision,
-            cache_dir=cache_dir,
-            force_download=force_download,
-            local_files_only=local_files_only,
-            token=token,
-        )
-        tensors, _ = load_tensors(weights, device=map_location)
-        load_into(model, tensors, source=model_id)
-        return model.to(map_location).eval()
-
-
-def resolve_file(model_id: str, filename: str, **download_kwargs: Any) -> str:
-    """Local path of ``filename`` from a checkpoint folder or a Hub repo (downloaded and cached).
-
-    Client errors become a CheckpointError that says which repo, revision and file failed.
-    """
-    if os.path.isdir(model_id):
-        path = os.path.join(model_id, filename)
-        if not os.path.isfile(path):
-            raise CheckpointError(f"{model_id} is a folder without {filename}")
-        return path
-    if model_id.startswith((".", "/", "~")) or model_id.count("/") > 1:
-        raise CheckpointError(f"no checkpoint folder at {model_id}")
-    revision = download_kwargs.get("revision") or "main"
-    where = f"{model_id!r} (revision {revision!r}) at {constants.ENDPOINT}"
-    try:
-        return hf_hub_download(repo_id=model_id, filename=filename, **download_kwargs)
-    except RepositoryNotFoundError as e:
-        raise CheckpointError(f"no Hub repository {where}; is the name right?") from e
-    except RevisionNotFoundError as e:
-        raise CheckpointError(f"no revision {revision!r} in Hub repository {model_id!r}") from e
-    # LocalEntryNotFoundError is an EntryNotFoundError: the offline case must come first.
-    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as e:
-        raise CheckpointError(
-            f"{filename} of {where} is not in the local cache and the Hub cannot be reached "
-            "(offline mode or no network)"
-        ) from e
-    except EntryNotFoundError as e:
-        raise CheckpointError(f"Hub repository {where} has no file {filename}") from e
-    except HFValidationError as e:
-        raise CheckpointError(f"{model_id!r} is neither a checkpoint folder nor a repo id") from e
+    def model_card(self, repo_id: str | None = None) -> ModelCard:
+        return video_model_card(self, repo_id=repo_id)

@@ -12,7 +12,6 @@ embedding directly (DreamerV2; naive fine-tuning when initialised from the actio
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from apv_hub.config import APVConfig, ConfigError, WorldModelConfig
-from apv_hub.nets import MLP, ConvDecoder, ConvEncoder, check_image_geometry, preprocess
+from apv_hub.nets import (
+    MLP,
+    ConvDecoder,
+    ConvEncoder,
+    check_image_geometry,
+    image_nll,
+    preprocess,
+)
 from apv_hub.rssm import RSSM, State
 from apv_hub.video_model import APVVideoModel
 from apv_hub.weights import CheckpointError
@@ -45,17 +51,6 @@ class Observation:
     af_post: State | None = None
     af_prior: State | None = None
     af_feat: Tensor | None = None
-
-
-def image_nll(recon: Tensor, frames: Tensor) -> Tensor:
-    """Unit-variance Normal NLL of uint8 frames [B, T, C, H, W] under mean images ``recon``.
-
-    Summed over C x H x W, averaged over batch and time (the video model's convention).
-    """
-    target = preprocess(frames)
-    pixels = math.prod(target.shape[2:])
-    sq_err = (recon.float() - target).pow(2).sum((2, 3, 4))
-    return (0.5 * sq_err + 0.5 * math.log(2 * math.pi) * pixels).mean()
 
 
 class APVWorldModel(nn.Module):

@@ -10,17 +10,13 @@ the same whatever the weights. Batches are random uint8 frames of the preset's b
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import resource
-import sys
-import time
 
 import torch
 
 from apv_hub.agent import APVAgent, make_optimizers
 from apv_hub.config import AGENT_PRESETS, VARIANTS, AgentConfig
 from apv_hub.video_model import APVVideoModel
+from benchmarks.common import bench_parser, machine, report, time_calls
 
 
 def random_batch(config: AgentConfig, action_dim: int, device: str) -> dict[str, torch.Tensor]:
@@ -40,11 +36,6 @@ def random_batch(config: AgentConfig, action_dim: int, device: str) -> dict[str,
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def run(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     config = AgentConfig.preset(args.preset, args.variant)
@@ -52,52 +43,30 @@ def run(args: argparse.Namespace) -> dict:
     agent = APVAgent.from_video_model(video, config, args.action_dim)
     optimizers = make_optimizers(agent)
     batch = random_batch(config, args.action_dim, args.device)
-    for _ in range(args.warmup):
-        agent.update(batch, optimizers)
-    sync(args.device)
-    if args.device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(args.updates):
-        start = time.perf_counter()
-        agent.update(batch, optimizers)
-        sync(args.device)
-        times.append(time.perf_counter() - start)
+    times = time_calls(
+        lambda: agent.update(batch, optimizers), args.device, args.warmup, args.updates
+    )
     mean = sum(times) / len(times)
     result = {
         "preset": args.preset,
         "variant": args.variant,
         "batch": f"{config.batch_size} x {config.seq_len}",
-        "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
-        "threads": torch.get_num_threads(),
         "parameters": agent.num_parameters(),
         "seconds_per_update": round(mean, 3),
         "updates_per_second": round(1 / mean, 3),
         "seconds_each": [round(t, 3) for t in times],
-        # Peak resident memory of the whole process (Linux reports KiB).
-        "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
+        **machine(args.device),
     }
-    if args.device.startswith("cuda"):
-        result["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     return result
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = bench_parser(__doc__)
     parser.add_argument("--preset", default="small", choices=sorted(AGENT_PRESETS))
     parser.add_argument("--variant", default="apv", choices=sorted(VARIANTS))
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--action-dim", type=int, default=4, help="Meta-world: 4")
-    parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--updates", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    json.dump(run(args), sys.stdout, indent=2)
-    print()
+    report(run, parser.parse_args(argv))
 
 
 if __name__ == "__main__":
