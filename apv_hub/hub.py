@@ -212,6 +212,12 @@ def _training_section(info: dict[str, Any]) -> str:
     return "\n".join(lines) if lines else "Not recorded."
 
 
+def _notes_section(info: dict[str, Any]) -> str:
+    """The card source of a published checkpoint (model_cards/<name>.md), as the run read it."""
+    notes = (info.get("card_notes") or "").strip()
+    return f"## About this checkpoint\n\n{notes}\n\n" if notes else ""
+
+
 def video_model_card(model: APVVideoModel, repo_id: str | None = None) -> ModelCard:
     """The README.md model card of an APVVideoModel checkpoint."""
     cfg = model.config
@@ -243,7 +249,7 @@ videos without actions or rewards. Fine-tuning stacks an action-conditional worl
 - Total: {counts["total"]:,} parameters
 - Loss: image NLL + {cfg.kl_scale} x KL (balance {cfg.kl_balance}, free nats {cfg.free_nats})
 
-## Training
+{_notes_section(model.training_info)}## Training
 
 {_training_section(model.training_info)}
 

@@ -4,6 +4,8 @@ the Hub round trip, non-finite losses and the run config."""
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from apv_hub.training.pretrain import (
 )
 from apv_hub.weights import load_tensors, tensor_digest
 from tests.pretrain_helpers import (
+    REPO_ROOT,
     assert_same_tensors,
     build_squares_corpus,
     checkpoint_tensors,
@@ -175,8 +178,10 @@ def test_two_processes_share_the_work(corpus, tmp_path):
 def test_pushed_model_loads_back_by_repo_id(corpus, local_hub, tmp_path):
     from huggingface_hub import hf_hub_download
 
-    out = tmp_path / "run"
-    main(tiny_args(corpus, out, 2, "--num-workers", "0", "--push-to-hub", "apv/pretrain-test"))
+    out, notes = tmp_path / "run", tmp_path / "notes.md"
+    notes.write_text("Pre-trained on moving squares for the tests.\n")
+    args = tiny_args(corpus, out, 2, "--num-workers", "0", "--card-notes", str(notes))
+    main([*args, "--push-to-hub", "apv/pretrain-test"])
     loaded = APVVideoModel.from_pretrained("apv/pretrain-test", cache_dir=tmp_path / "cache")
     local, _ = load_tensors(out / "model" / "model.safetensors")
     assert_same_tensors(loaded.state_dict(), local)
@@ -185,6 +190,7 @@ def test_pushed_model_loads_back_by_repo_id(corpus, local_hub, tmp_path):
     card = card.read_text()
     assert "Gradient steps: 2" in card and "--push-to-hub apv/pretrain-test" in card
     assert 'from_pretrained("apv/pretrain-test")' in card
+    assert "## About this checkpoint\n\nPre-trained on moving squares for the tests." in card
 
 
 def test_non_finite_loss_stops_with_the_step(corpus, tmp_path):
@@ -248,3 +254,23 @@ def test_run_config_round_trip_and_clear_errors(straight_run, corpus, tmp_path):
         tiny_args(corpus, tmp_path / "new", 8, "--init", str(straight_run / "model"))
     )
     assert "no run config at" in refused(["--resume", str(tmp_path / "nothing")])
+
+
+def test_model_card_sources_train_what_they_describe(monkeypatch):
+    from apv_hub.hub import KNOWN_CHECKPOINTS
+    from apv_hub.training.pretrain import build_parser, config_from_args
+
+    monkeypatch.chdir(REPO_ROOT)  # the commands run from the repository root
+    cards = REPO_ROOT / "model_cards"
+    for repo_id in KNOWN_CHECKPOINTS:
+        source = cards / f"{repo_id.split('/')[1]}.md"
+        blocks = re.findall(r"```bash\n(.*?)```", source.read_text(), re.S)
+        commands = [shlex.split(b.replace("\\\n", " ")) for b in blocks]
+        builds = [c for c in commands if any(a.startswith("dataset_scripts/") for a in c)]
+        assert builds, f"{source.name} has no data-building command"
+        [train] = [c for c in commands if "pretrain.py" in c]
+        args = build_parser().parse_args(train[train.index("pretrain.py") + 1 :])
+        config, _, resume = config_from_args(args)
+        assert not resume and config.push_to_hub == repo_id
+        assert Path(config.card_notes) == Path("model_cards") / source.name
+        assert "not yet" in source.read_text() or repo_id == "apv/sample"

@@ -64,6 +64,7 @@ RESUMABLE_FIELDS = (
     "keep_checkpoints",
     "num_workers",
     "push_to_hub",
+    "card_notes",
 )
 # Checkpoint files (safetensors + JSON only).
 MODEL_FILE = "model.safetensors"
@@ -123,6 +124,8 @@ class PretrainConfig:
     resize: str = "crop"
     # Hub repo the final model is pushed to.
     push_to_hub: str | None = None
+    # A markdown file (e.g. model_cards/rlbench-99.md) whose text the model card includes.
+    card_notes: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.data, str):
@@ -155,6 +158,8 @@ class PretrainConfig:
                 f"eval_context must lie in [1, seq_len - 1] = [1, {self.model.seq_len - 1}], "
                 f"got {self.eval_context}"
             )
+        if self.card_notes is not None and not Path(self.card_notes).is_file():
+            raise ConfigError(f"card_notes: no file at {self.card_notes}")
         if self.model.batch_size < 1 or self.model.seq_len < 2:
             raise ConfigError(
                 f"need batch_size >= 1 and seq_len >= 2, got {self.model.batch_size} x "
@@ -705,6 +710,7 @@ class Pretrainer:
             "seed": cfg.seed,
             "precision": "fp32" if self.accelerator.mixed_precision == "no" else "bf16",
             "command": self.command,
+            "card_notes": Path(cfg.card_notes).read_text() if cfg.card_notes else None,
         }
 
     def _write_debug_dump(self) -> None:
@@ -777,6 +783,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--keep-checkpoints", type=int, help="newest to keep, 0: all (default 3)")
     out = p.add_argument_group("output")
     out.add_argument("--push-to-hub", metavar="REPO_ID", help="push the final model there")
+    out.add_argument(
+        "--card-notes", metavar="FILE", help="markdown to include in the model card (model_cards/)"
+    )
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
     out.add_argument(
         "--debug-dump",
