@@ -61,7 +61,12 @@ def run_variant(args: argparse.Namespace, variant: str, data: str, workdir: Path
     env = {**os.environ}
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    try:
+        done = subprocess.run(
+            command, env=env, capture_output=True, text=True, timeout=args.timeout
+        )
+    except subprocess.TimeoutExpired:
+        return {"variant": variant, "error": f"did not finish within {args.timeout} s"}
     if done.returncode:
         return {"variant": variant, "error": done.stderr.strip().splitlines()[-1][-300:]}
     rows = json.loads((out / "metrics.json").read_text())
@@ -92,13 +97,17 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, help="override the preset's batch")
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS of the runs")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds per variant")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     if args.steps % args.warmup:
         parser.error("--steps must be a multiple of --warmup (both are log windows)")
     with tempfile.TemporaryDirectory(prefix="bench-pretrain-") as tmp:
         data = args.data or default_data(Path(tmp))
-        results = [run_variant(args, v, data, Path(tmp)) for v in args.variants]
+        results = []
+        for variant in args.variants:
+            results.append(run_variant(args, variant, data, Path(tmp)))
+            print(json.dumps(results[-1]), flush=True)
     machine = {
         "cpu_count": os.cpu_count(),
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
@@ -106,7 +115,7 @@ def main() -> None:
         "python": platform.python_version(),
         "data": data,
     }
-    print(json.dumps({"machine": machine, "results": results}, indent=2))
+    print(json.dumps({"machine": machine}))
     for r in results:
         if "error" in r:
             print(f"| {args.preset} | {r['variant']} | failed: {r['error']} |")

@@ -117,6 +117,11 @@ def test_resume_continues_exactly(straight_run, corpus, tmp_path):
             checkpoint_tensors(checkpoint_path(straight_run / "checkpoints", step)),
         )
     assert learning_rows(out) == learning_rows(straight_run)
+    # The card names both commands that trained the model.
+    command = APVVideoModel.from_pretrained(out / "model").training_info["command"]
+    first, again = command.splitlines()
+    assert first.startswith("apv-pretrain --data") and "--steps 4" in first
+    assert again == f"apv-pretrain --resume {out} --steps 8 --no-progress"
     resumed, _ = load_tensors(out / "model" / "model.safetensors")
     straight, _ = load_tensors(straight_run / "model" / "model.safetensors")
     assert_same_tensors(resumed, straight)

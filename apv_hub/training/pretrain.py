@@ -416,7 +416,8 @@ class Pretrainer:
     ) -> None:
         self.config = config
         self.paths = RunPaths(Path(out))
-        self.command = command or shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
+        # Every command that trained this run: the first, then each --resume.
+        self.commands = [command or command_line(None)]
         self.progress = progress
         self.debug_dump = Path(debug_dump) if debug_dump else None
         self.accelerator = make_accelerator(config.precision)
@@ -450,8 +451,8 @@ class Pretrainer:
         self.accelerator.wait_for_everyone()
         if self.is_main:
             paths.root.mkdir(parents=True, exist_ok=True)
-            if not resume:
-                cfg.save(paths.config)
+            # A resumed run's schedule changes (--steps ...) hold for later resumes too.
+            cfg.save(paths.config)
         self.model = build_model(cfg).to(self.accelerator.device)
         self.optimizer = make_adam(
             self.model.parameters(), cfg.model.lr, cfg.model.adam_eps, cfg.model.weight_decay
@@ -473,9 +474,9 @@ class Pretrainer:
         self.logger = ScalarLogger(self.paths.logs, purge_step=self.step or None)
         self.curve_writer = CurveWriter(self.paths.root, stem="metrics")
         self.curve_writer.reset(self.curve)
-        if self.step == 0:
-            self.logger.text("config", f"```json\n{json.dumps(self.config.to_dict(), indent=2)}")
-            self.logger.text("command", self.command)
+        config = json.dumps(self.config.to_dict(), indent=2)
+        self.logger.text("config", f"```json\n{config}\n```", self.step)
+        self.logger.text("command", self.commands[-1], self.step)
         self.eval_frames = self._eval_frames()
 
     def _eval_frames(self) -> Tensor:
@@ -614,6 +615,7 @@ class Pretrainer:
                 "failed_draws": self.failed_draws,
                 "elapsed": self.elapsed + seconds,
                 "curve": self.curve,
+                "commands": self.commands,
             }
             save_run_checkpoint(
                 self.paths.checkpoints,
@@ -655,6 +657,7 @@ class Pretrainer:
             )
         self.step, self.curve = state["step"], state["curve"]
         self.failed_draws, self.elapsed = state["failed_draws"], state["elapsed"]
+        self.commands = state["commands"] + self.commands
 
     # Outputs ----------------------------------------------------------------------------------
 
@@ -709,7 +712,7 @@ class Pretrainer:
             "init": cfg.init,
             "seed": cfg.seed,
             "precision": "fp32" if self.accelerator.mixed_precision == "no" else "bf16",
-            "command": self.command,
+            "command": "\n".join(self.commands),
             "card_notes": Path(cfg.card_notes).read_text() if cfg.card_notes else None,
         }
 
