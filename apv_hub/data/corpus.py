@@ -14,6 +14,7 @@ datasets' own ``Video`` feature is not used because it decodes with torchcodec.
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -138,7 +139,7 @@ class CorpusCard:
 
     pretty_name: str
     description: str  # what the source is
-    command: str = field(default_factory=lambda: "python " + " ".join(sys.argv))
+    command: str = field(default_factory=lambda: "python " + shlex.join(sys.argv))
     license: str = "other"  # a Hub licence id
     license_note: str = ""
     tags: Sequence[str] = ("apv", "video", "world-model", "reinforcement-learning")

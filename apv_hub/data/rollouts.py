@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from apv_hub.data.corpus import SourceItem, VideoRecord
+from apv_hub.envs.meta_world import make_gym_env, scripted_policy
 
 DMC_LOCOMOTION = (
     "walker-walk",
@@ -78,29 +79,8 @@ def metaworld_tasks(names: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def make_metaworld_env(task: str, size: int = 64, seed: int = 0, camera: str = "corner"):
-    """The real MT1 environment of ``task`` rendering ``size`` x ``size`` RGB frames.
-
-    ``seed`` fixes MT1's list of 50 task variations; without it every instance draws its own.
-    """
-    import gymnasium as gym
-    import metaworld  # noqa: F401  (registers the Meta-World/* environments)
-
-    return gym.make(
-        "Meta-World/MT1",
-        env_name=task,
-        render_mode="rgb_array",
-        camera_name=camera,
-        width=size,
-        height=size,
-        seed=seed,
-        # The passive checker warns about Meta-world's own observation bounds on every step.
-        disable_env_checker=True,
-    )
-
-
 def _render_metaworld(env) -> np.ndarray:
-    # MuJoCo's offscreen buffer is bottom-up: the corner camera comes out upside down.
+    # Upside down, as the environments of apv_hub.envs.meta_world (see its docstring) and APV.
     return np.ascontiguousarray(env.render()[::-1])
 
 
@@ -112,9 +92,7 @@ def metaworld_episode(
     Meta-world ignores ``reset(seed=...)``: seeding the base environment seeds both the draw of
     the MT1 task variation (object and goal positions) at reset and the action space.
     """
-    from metaworld.policies import ENV_POLICY_MAP
-
-    policy = ENV_POLICY_MAP[task]()
+    policy = scripted_policy(task)
     rng = np.random.default_rng(seed)
     env.unwrapped.seed(seed)
     obs, _ = env.reset()
@@ -161,7 +139,8 @@ def metaworld_items(
     build). Columns: actions (4-dim), rewards, success per frame.
     """
     tasks = metaworld_tasks(tasks)
-    envs = _OneEnv(lambda task: make_metaworld_env(task, size, seed))
+    # MT1's 50 fixed variations, fixed by ``seed``: each episode's reset draws one of them.
+    envs = _OneEnv(lambda task: make_gym_env(task, seed=seed, render_size=size, variations="mt1"))
 
     def item(task: str, episode: int) -> SourceItem:
         key = f"{task}/episode{episode:04d}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -179,7 +180,7 @@ def _load_npz(key: str, path: Path, fps: float, crf: int, source: str, **columns
     try:
         with np.load(path) as episode:
             data = {k: episode[k] for k in episode.files}
-    except (OSError, ValueError, EOFError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise VideoError(f"unreadable npz: {e}") from e
     if "image" not in data:
         raise VideoError(f"no image key: keys are {sorted(data)}")

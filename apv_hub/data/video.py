@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from fractions import Fraction
 
+# PyAV before decord: decord bundles its own FFmpeg libraries, and when they load first PyAV's
+# libvpx encoder fails to open (avcodec_open2 returns EINVAL) in the same process.
+import av
+import decord
 import numpy as np
 
 # Frames are decoded in chunks when a whole video is verified, so memory stays bounded.
@@ -53,8 +58,6 @@ def encode_video(frames: np.ndarray, fps: float, crf: int = 15, pix_fmt: str = "
     three grey levels of mean error against one here, for a similar file size. It also accepts
     odd frame sizes, which 4:2:0 does not.
     """
-    import av
-
     frames = as_rgb_frames(frames)
     if pix_fmt == "yuv420p" and (frames.shape[1] % 2 or frames.shape[2] % 2):
         raise VideoError(f"yuv420p needs even frame sizes, got {frames.shape[1:3]}")
@@ -70,8 +73,7 @@ def encode_video(frames: np.ndarray, fps: float, crf: int = 15, pix_fmt: str = "
     return buf.getvalue()
 
 
-def _fps_fraction(fps: float):
-    from fractions import Fraction
+def _fps_fraction(fps: float) -> Fraction:
 
     if fps <= 0:
         raise VideoError(f"fps must be positive, got {fps}")
@@ -81,8 +83,6 @@ def _fps_fraction(fps: float):
 def open_reader(data: bytes, height: int = -1, width: int = -1):
     """A decord VideoReader over encoded bytes (mp4, webm, avi, mkv ...), resized on decode
     when ``height``/``width`` are given. Raises VideoError naming what went wrong."""
-    import decord
-
     if not data:
         raise VideoError("empty file")
     try:
@@ -95,8 +95,6 @@ def decode_frames(
     data: bytes, indices: list[int] | np.ndarray, height: int = -1, width: int = -1
 ) -> np.ndarray:
     """Decode the frames at ``indices`` -> uint8 ``[len(indices), H, W, 3]``."""
-    import decord
-
     reader = open_reader(data, height, width)
     try:
         return reader.get_batch(list(map(int, indices))).asnumpy()
@@ -110,8 +108,6 @@ def probe_video(data: bytes) -> VideoInfo:
     Decoding everything at build time is what lets the clip loader trust ``num_frames``: a
     truncated file whose container still claims the full length is caught here, not mid-run.
     """
-    import decord
-
     reader = open_reader(data)
     n = len(reader)
     if n == 0:
