@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -174,6 +175,14 @@ KNOWN_CHECKPOINTS: dict[str, str] = {
 }
 
 
+REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def _is_repo_id(name: Any) -> bool:
+    """Whether a training data entry names a Hub dataset (``owner/name``, not a local folder)."""
+    return bool(name) and bool(REPO_ID.match(str(name))) and not os.path.exists(str(name))
+
+
 def _millions(n: int) -> str:
     return f"{n / 1e6:.2f}M"
 
@@ -189,12 +198,24 @@ def _training_section(info: dict[str, Any]) -> str:
         lines.append(f"- Gradient steps: {info['steps']}")
     if info.get("batch"):
         lines.append(f"- Batch: {info['batch']}")
+    if info.get("init"):
+        lines.append(f"- Initialised from: {info['init']}")
+    if info.get("precision"):
+        lines.append(f"- Precision: {info['precision']}")
     for name, value in (info.get("metrics") or {}).items():
         value = f"{value:.4g}" if isinstance(value, float) else value
         lines.append(f"- Final {name} (measured): {value}")
+    if info.get("metrics_note"):
+        lines.append(f"- How the final values were measured: {info['metrics_note']}")
     if info.get("command"):
         lines.append(f"- Command:\n\n```bash\n{info['command']}\n```")
     return "\n".join(lines) if lines else "Not recorded."
+
+
+def _notes_section(info: dict[str, Any]) -> str:
+    """The card source of a published checkpoint (model_cards/<name>.md), as the run read it."""
+    notes = (info.get("card_notes") or "").strip()
+    return f"## About this checkpoint\n\n{notes}\n\n" if notes else ""
 
 
 def video_model_card(model: APVVideoModel, repo_id: str | None = None) -> ModelCard:
@@ -206,7 +227,7 @@ def video_model_card(model: APVVideoModel, repo_id: str | None = None) -> ModelC
     card_data = ModelCardData(
         library_name="apv-hub",
         tags=["apv", "world-model", "video-prediction", "reinforcement-learning"],
-        datasets=[d for d in (data if isinstance(data, list) else [data]) if d and "/" in str(d)]
+        datasets=[d for d in (data if isinstance(data, list) else [data]) if _is_repo_id(d)]
         or None,
     )
     body = f"""
@@ -228,7 +249,7 @@ videos without actions or rewards. Fine-tuning stacks an action-conditional worl
 - Total: {counts["total"]:,} parameters
 - Loss: image NLL + {cfg.kl_scale} x KL (balance {cfg.kl_balance}, free nats {cfg.free_nats})
 
-## Training
+{_notes_section(model.training_info)}## Training
 
 {_training_section(model.training_info)}
 

@@ -27,11 +27,13 @@ class ScalarLogger:
     visible rather than silently dropped.
     """
 
-    def __init__(self, directory: str | Path) -> None:
+    def __init__(self, directory: str | Path, purge_step: int | None = None) -> None:
+        """``purge_step``: a resumed run's first step; events the crashed run wrote from that
+        step on are hidden, so curves do not double back."""
         from torch.utils.tensorboard import SummaryWriter  # tensorboard is an optional extra
 
         self.directory = Path(directory)
-        self.writer = SummaryWriter(log_dir=str(self.directory))
+        self.writer = SummaryWriter(log_dir=str(self.directory), purge_step=purge_step)
 
     def log(self, step: int, metrics: Mapping[str, float], prefix: str = "") -> None:
         """Write ``metrics`` ({name: number}) at ``step``, each under ``prefix/name``."""
@@ -41,6 +43,21 @@ class ScalarLogger:
 
     def text(self, tag: str, text: str, step: int = 0) -> None:
         self.writer.add_text(tag, text, step)
+        self.writer.flush()
+
+    def video(self, tag: str, frames: np.ndarray, step: int, fps: int = 10) -> None:
+        """An animated image (gif) of uint8 frames [T, H, W, 3], shown in TensorBoard's Images
+        tab (what ``add_video`` writes, without its moviepy dependency)."""
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        image = Summary.Image(
+            height=frames.shape[1],
+            width=frames.shape[2],
+            colorspace=3,
+            encoded_image_string=gif_bytes(frames, fps),
+        )
+        summary = Summary(value=[Summary.Value(tag=tag, image=image)])
+        self.writer._get_file_writer().add_summary(summary, step)
         self.writer.flush()
 
     def close(self) -> None:
@@ -165,4 +182,33 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int = 20) -> Path:
         for packet in stream.encode():
             container.mux(packet)
     os.replace(tmp, path)
+    return path
+
+
+def gif_bytes(frames: np.ndarray, fps: int = 10) -> bytes:
+    """uint8 frames [T, H, W, 3] -> an endlessly looping animated gif."""
+    from PIL import Image
+
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or not len(frames):
+        raise ValueError(f"frames must be uint8 [T, H, W, 3] with T > 0, got {frames.shape}")
+    images = [Image.fromarray(frame) for frame in frames]
+    buf = io.BytesIO()
+    images[0].save(
+        buf,
+        format="GIF",
+        save_all=True,
+        append_images=images[1:],
+        duration=round(1000 / fps),
+        loop=0,
+        optimize=False,
+    )
+    return buf.getvalue()
+
+
+def write_gif(path: str | Path, frames: np.ndarray, fps: int = 10) -> Path:
+    """Write uint8 frames [T, H, W, 3] as an animated gif, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, gif_bytes(frames, fps))
     return path
