@@ -22,10 +22,11 @@ from huggingface_hub import ModelCard, ModelCardData
 from torch import Tensor, nn
 
 from apv_hub import __version__
-from apv_hub.behavior import ActorCritic, apply_gradients
+from apv_hub.behavior import ActorCritic
 from apv_hub.config import AgentConfig
 from apv_hub.hub import CITATION, SafetensorsHubMixin
 from apv_hub.intrinsic import VideoIntrinsicBonus
+from apv_hub.training.optim import apply_gradients
 from apv_hub.video_model import APVVideoModel
 from apv_hub.weights import CheckpointError, load_tensors, save_tensors
 from apv_hub.world_model import BATCH_KEYS, APVWorldModel

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 import torch
@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from apv_hub.config import BehaviorConfig
 from apv_hub.nets import MLP
 from apv_hub.rssm import State
+from apv_hub.training.optim import apply_gradients
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -148,59 +149,6 @@ def no_param_grads(module: Any) -> Iterator[None]:
     finally:
         for p in params:
             p.requires_grad_(True)
-
-
-def apply_gradients(
-    loss: Tensor,
-    optimizer: torch.optim.Optimizer,
-    params: Iterable[nn.Parameter],
-    clip: float,
-    accelerator: Any = None,
-    hold: Iterable[nn.Parameter] = (),
-) -> float:
-    """Backward, drop the gradients of ``hold`` params, clip the norm, step -> the norm.
-
-    With an ``accelerator`` (accelerate.Accelerator), its ``backward`` and ``clip_grad_norm_``
-    are used, so mixed precision and gradient scaling work as configured there; with several
-    processes the gradients are averaged across them before clipping (the agent's modules are
-    not wrapped in DistributedDataParallel, so nothing else would synchronise them). A
-    non-finite gradient norm skips the step, so that one bad batch cannot poison the weights;
-    the returned norm tells the caller.
-    """
-    params = list(params)
-    optimizer.zero_grad(set_to_none=True)
-    if accelerator is not None:
-        accelerator.backward(loss)
-    else:
-        loss.backward()
-    for p in hold:
-        p.grad = None
-    if accelerator is not None and accelerator.num_processes > 1:
-        average_gradients(params, accelerator)
-    clip_fn = accelerator.clip_grad_norm_ if accelerator is not None else nn.utils.clip_grad_norm_
-    norm = float(clip_fn(params, clip))
-    if math.isfinite(norm):
-        optimizer.step()
-    else:
-        optimizer.zero_grad(set_to_none=True)
-    return norm
-
-
-def average_gradients(params: Iterable[nn.Parameter], accelerator: Any) -> None:
-    """Average the gradients of ``params`` over the processes, in one flat all-reduce.
-
-    Every process runs the same code on the same parameters, so the set of parameters that
-    have a gradient is the same everywhere.
-    """
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    flat = accelerator.reduce(flat, reduction="mean")
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset : offset + g.numel()].view_as(g))
-        offset += g.numel()
 
 
 class ActorCritic(nn.Module):

@@ -17,7 +17,7 @@ import torch
 
 from apv_hub import APVConfig, APVVideoModel
 from apv_hub.config import PRESETS
-from apv_hub.training.optim import make_adam, optimizer_step
+from apv_hub.training.optim import apply_gradients, make_adam
 from benchmarks.common import bench_parser, machine, report, time_calls
 
 
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> dict:
     def step() -> None:
         with autocast:
             loss, _ = model.loss(frames)
-        optimizer_step(opt, loss, cfg.grad_clip)
+        apply_gradients(loss, opt, model.parameters(), cfg.grad_clip)
 
     times = time_calls(step, args.device, args.warmup, args.steps)
     mean = sum(times) / len(times)

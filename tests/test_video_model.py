@@ -5,7 +5,7 @@ import torch
 
 from apv_hub import APVConfig, APVVideoModel
 from apv_hub.synthetic import moving_squares
-from apv_hub.training.optim import make_adam, optimizer_step
+from apv_hub.training.optim import apply_gradients, make_adam
 
 
 def frames(batch: int, length: int, size: int = 64, seed: int = 0) -> torch.Tensor:
@@ -87,7 +87,7 @@ def test_learns_to_predict_a_moving_square_open_loop():
     g = torch.Generator().manual_seed(0)
     for _ in range(400):
         loss, _ = model.loss(train[torch.randint(0, len(train), (16,), generator=g)])
-        optimizer_step(opt, loss, cfg.grad_clip)
+        apply_gradients(loss, opt, model.parameters(), cfg.grad_clip)
 
     context, truth = test[:, :5], test[:, 5:].float()
 

@@ -18,7 +18,7 @@ DreamerV2 does. All counts are global over processes.
 Several processes (``torchrun`` / ``accelerate launch`` with N processes): each rank runs its own
 ``num_envs`` environments (different seeds) and replay buffer (``replay_capacity / N`` steps) and
 samples ``batch_size / N`` sequences per update; gradients are averaged over ranks before every
-optimiser step (`apv_hub.behavior.apply_gradients`), parameters start from rank 0's, and every
+optimiser step (`apv_hub.training.optim.apply_gradients`), parameters start from rank 0's, and every
 checkpoint checks that they are still identical everywhere. Steps are counted globally and only
 the main process writes logs, curves, videos and the agent (each rank writes its own replay
 into the checkpoint).

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -15,11 +17,54 @@ def make_adam(
     return torch.optim.Adam(params, lr=lr, eps=eps, weight_decay=weight_decay)
 
 
-def optimizer_step(optimizer: torch.optim.Optimizer, loss: Tensor, clip: float) -> float:
-    """Backward, clip the global gradient norm to ``clip``, step. Returns the pre-clip norm."""
+def apply_gradients(
+    loss: Tensor,
+    optimizer: torch.optim.Optimizer,
+    params: Iterable[nn.Parameter],
+    clip: float,
+    accelerator: Any = None,
+    hold: Iterable[nn.Parameter] = (),
+) -> float:
+    """Backward, drop the gradients of ``hold`` params, clip the norm, step -> the norm.
+
+    With an ``accelerator`` (accelerate.Accelerator), its ``backward`` and ``clip_grad_norm_``
+    are used, so mixed precision and gradient scaling work as configured there; with several
+    processes the gradients are averaged across them before clipping (the agent's modules are
+    not wrapped in DistributedDataParallel, so nothing else would synchronise them). A
+    non-finite gradient norm skips the step, so that one bad batch cannot poison the weights;
+    the returned norm tells the caller.
+    """
+    params = list(params)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-    norm = nn.utils.clip_grad_norm_(params, clip)
-    optimizer.step()
-    return float(norm)
+    if accelerator is not None:
+        accelerator.backward(loss)
+    else:
+        loss.backward()
+    for p in hold:
+        p.grad = None
+    if accelerator is not None and accelerator.num_processes > 1:
+        average_gradients(params, accelerator)
+    clip_fn = accelerator.clip_grad_norm_ if accelerator is not None else nn.utils.clip_grad_norm_
+    norm = float(clip_fn(params, clip))
+    if math.isfinite(norm):
+        optimizer.step()
+    else:
+        optimizer.zero_grad(set_to_none=True)
+    return norm
+
+
+def average_gradients(params: Iterable[nn.Parameter], accelerator: Any) -> None:
+    """Average the gradients of ``params`` over the processes, in one flat all-reduce.
+
+    Every process runs the same code on the same parameters, so the set of parameters that
+    have a gradient is the same everywhere.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    flat = accelerator.reduce(flat, reduction="mean")
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()

@@ -45,10 +45,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from apv_hub.behavior import apply_gradients
 from apv_hub.config import APVConfig, ConfigError
 from apv_hub.hub import CONFIG_NAME, resolve_file
-from apv_hub.training.optim import make_adam
+from apv_hub.training.optim import apply_gradients, make_adam
 from apv_hub.video_model import APVVideoModel
 from apv_hub.weights import load_into, load_tensors, save_tensors, tensor_digest
 
