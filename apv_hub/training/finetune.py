@@ -313,7 +313,7 @@ RUN_PRESETS: dict[str, dict[str, Any]] = {
         checkpoint_every=20_000,
     ),
     # The Meta-world recipe on the `small` agent: hours on a 2-core CPU (~1.4 env steps/s while
-    # training, benchmarks/RESULTS-finetune.md); shorten with --steps for a look.
+    # training, benchmarks/RESULTS.md); shorten with --steps for a look.
     "small": dict(
         total_env_steps=20_000,
         prefill=1000,
