@@ -30,8 +30,8 @@ Persistence:
 from __future__ import annotations
 
 import datetime
+import io
 import json
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,6 +39,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from apv_hub.training.logging import write_atomic
 
 REQUIRED_KEYS = ("image", "action", "reward", "is_first", "is_last", "is_terminal")
 INDEX_FILE = "replay.json"
@@ -249,7 +251,7 @@ class ReplayBuffer:
             "episodes_finished": self.episodes_finished,
             "episodes_evicted": self.episodes_evicted,
         }
-        _write_atomic(path / INDEX_FILE, json.dumps(index, indent=1).encode())
+        write_atomic(path / INDEX_FILE, json.dumps(index, indent=1).encode())
         keep = set(finished) | set(ongoing.values())
         for file in (path / "episodes").iterdir():
             if file.name not in keep:
@@ -364,12 +366,9 @@ def save_episode(path: str | Path, episode: dict[str, np.ndarray], compress: boo
     path = Path(path)
     arrays = dict(episode)
     arrays["image"] = np.ascontiguousarray(np.asarray(episode["image"]).transpose(0, 2, 3, 1))
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        (np.savez_compressed if compress else np.savez)(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    (np.savez_compressed if compress else np.savez)(buffer, **arrays)
+    write_atomic(path, buffer.getvalue())
     return path
 
 
@@ -384,12 +383,3 @@ def load_episode(path: str | Path) -> dict[str, np.ndarray]:
         )
     episode["image"] = np.ascontiguousarray(image.transpose(0, 3, 1, 2))
     return episode
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
