@@ -90,7 +90,7 @@ def read_clip(path: str | Path, size: int, start: int = 0, length: int | None = 
     Frames are scaled so that the short side is ``size`` and centre-cropped, as the clip loader
     does for training (``resize="crop"``). ``length=None`` reads to the end of the video.
     """
-    from apv_hub.data.video import decode_frames, open_reader
+    from apv_hub.data.video import center_crop, cover_size, decode_frames, open_reader
 
     data = Path(path).read_bytes()
     reader = open_reader(data)
@@ -102,11 +102,8 @@ def read_clip(path: str | Path, size: int, start: int = 0, length: int | None = 
     stop = total if length is None else start + length
     if stop > total:
         raise ValueError(f"{path} has {total} frames; frames {start}..{stop - 1} do not fit")
-    scale = size / min(height, width)
-    out_h, out_w = max(size, round(height * scale)), max(size, round(width * scale))
-    frames = decode_frames(data, np.arange(start, stop), out_h, out_w)
-    top, left = (frames.shape[1] - size) // 2, (frames.shape[2] - size) // 2
-    frames = frames[:, top : top + size, left : left + size]
+    frames = decode_frames(data, np.arange(start, stop), *cover_size(height, width, size, size))
+    frames = center_crop(frames, size, size)
     return torch.from_numpy(np.ascontiguousarray(frames.transpose(0, 3, 1, 2)))
 
 

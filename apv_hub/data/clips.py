@@ -25,7 +25,7 @@ from datasets import Dataset
 
 from apv_hub.data.corpus import load_video_corpus
 from apv_hub.data.report import SkipReport
-from apv_hub.data.video import VideoError, decode_frames
+from apv_hub.data.video import VideoError, center_crop, cover_size, decode_frames
 
 logger = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ class ClipDataset(torch.utils.data.Dataset):
         frames = decode_frames(data, indices, height, width)
         if frames.shape[0] != self.length:
             raise VideoError(f"decoded {frames.shape[0]} of {self.length} frames")
-        frames = self._center_crop(frames)
+        frames = center_crop(frames, *self.size)
         return np.ascontiguousarray(frames.transpose(0, 3, 1, 2))
 
     def _decode_size(self, height: int, width: int) -> tuple[int, int]:
@@ -222,11 +222,4 @@ class ClipDataset(torch.utils.data.Dataset):
             return -1, -1
         if self.resize == "stretch":
             return out_h, out_w
-        scale = max(out_h / height, out_w / width)
-        return max(out_h, round(height * scale)), max(out_w, round(width * scale))
-
-    def _center_crop(self, frames: np.ndarray) -> np.ndarray:
-        out_h, out_w = self.size
-        h, w = frames.shape[1:3]
-        top, left = (h - out_h) // 2, (w - out_w) // 2
-        return frames[:, top : top + out_h, left : left + out_w]
+        return cover_size(height, width, out_h, out_w)

@@ -128,3 +128,15 @@ def probe_video(data: bytes) -> VideoInfo:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return text[0][:200] if text else type(e).__name__
+
+
+def cover_size(height: int, width: int, out_h: int, out_w: int) -> tuple[int, int]:
+    """Size to decode a height x width video at so it covers out_h x out_w, aspect kept."""
+    scale = max(out_h / height, out_w / width)
+    return max(out_h, round(height * scale)), max(out_w, round(width * scale))
+
+
+def center_crop(frames: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """Frames [T, H, W, C] -> their centre [T, out_h, out_w, C]."""
+    top, left = (frames.shape[1] - out_h) // 2, (frames.shape[2] - out_w) // 2
+    return frames[:, top : top + out_h, left : left + out_w]
