@@ -1,10 +1,8 @@
 """apv-hub: APV action-free video world models as Hugging Face Hub checkpoints."""
 
-__version__ = "0.1.0"
-
-from apv_hub.agent import APVAgent, make_optimizers  # noqa: E402
-from apv_hub.behavior import ActorCritic  # noqa: E402
-from apv_hub.config import (  # noqa: E402
+from apv_hub.agent import APVAgent, make_optimizers
+from apv_hub.behavior import ActorCritic
+from apv_hub.config import (
     AgentConfig,
     APVConfig,
     BehaviorConfig,
@@ -12,10 +10,11 @@ from apv_hub.config import (  # noqa: E402
     IntrinsicConfig,
     WorldModelConfig,
 )
-from apv_hub.intrinsic import VideoIntrinsicBonus  # noqa: E402
-from apv_hub.video_model import APVVideoModel  # noqa: E402
-from apv_hub.weights import CheckpointError  # noqa: E402
-from apv_hub.world_model import APVWorldModel  # noqa: E402
+from apv_hub.intrinsic import VideoIntrinsicBonus
+from apv_hub.version import __version__
+from apv_hub.video_model import APVVideoModel
+from apv_hub.weights import CheckpointError
+from apv_hub.world_model import APVWorldModel
 
 __all__ = [
     "APVAgent",

@@ -13,20 +13,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 import torch
-from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub import ModelCard
 from torch import Tensor, nn
 
-from apv_hub import __version__
 from apv_hub.behavior import ActorCritic
+from apv_hub.cards import AGENT_METADATA, agent_model_card
 from apv_hub.config import AgentConfig
-from apv_hub.hub import CITATION, SafetensorsHubMixin
+from apv_hub.hub import SafetensorsHubMixin
 from apv_hub.intrinsic import VideoIntrinsicBonus
-from apv_hub.training.optim import apply_gradients
+from apv_hub.optim import apply_gradients, flatten_optimizers, load_optimizers
+from apv_hub.version import __version__
 from apv_hub.video_model import APVVideoModel
 from apv_hub.weights import CheckpointError, load_tensors, save_tensors
 from apv_hub.world_model import BATCH_KEYS, APVWorldModel
@@ -36,13 +36,7 @@ TRAINING_STATE_JSON = "training_state.json"
 OPTIMIZER_NAMES = ("model", "actor", "critic")
 
 
-class APVAgent(
-    nn.Module,
-    SafetensorsHubMixin,
-    library_name="apv-hub",
-    paper_url="https://arxiv.org/abs/2203.13880",
-    tags=["apv", "world-model", "reinforcement-learning", "dreamerv2"],
-):
+class APVAgent(nn.Module, SafetensorsHubMixin, **AGENT_METADATA):
     """World model + intrinsic bonus (when enabled) + DreamerV2 actor-critic.
 
     Build from a pre-trained video model with ``from_video_model``; ``APVAgent(config,
@@ -290,151 +284,3 @@ def make_optimizers(agent: APVAgent) -> dict[str, torch.optim.Optimizer]:
             groups["critic"], lr=bc.critic_lr, eps=bc.adam_eps, weight_decay=bc.weight_decay
         ),
     }
-
-
-def flatten_optimizers(
-    optimizers: dict[str, torch.optim.Optimizer],
-) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Optimiser state dicts -> (tensors named ``opt/<name>/<param>/<key>``, JSON metadata)."""
-    tensors: dict[str, Tensor] = {}
-    meta: dict[str, Any] = {"optimizers": {}}
-    for name, opt in optimizers.items():
-        sd = opt.state_dict()
-        scalars: dict[str, dict[str, Any]] = {}
-        for index, state in sd["state"].items():
-            for key, value in state.items():
-                if isinstance(value, Tensor):
-                    tensors[f"opt/{name}/{index}/{key}"] = value
-                else:
-                    scalars.setdefault(str(index), {})[key] = value
-        meta["optimizers"][name] = {"param_groups": sd["param_groups"], "scalars": scalars}
-    return tensors, meta
-
-
-def load_optimizers(
-    optimizers: dict[str, torch.optim.Optimizer],
-    tensors: dict[str, Tensor],
-    meta: dict[str, Any],
-    source: str,
-) -> None:
-    """Inverse of ``flatten_optimizers``; names the optimisers that do not match."""
-    saved = meta["optimizers"]
-    if set(saved) != set(optimizers):
-        raise CheckpointError(
-            f"training state of {source} has optimisers {sorted(saved)}, "
-            f"expected {sorted(optimizers)}"
-        )
-    for name, opt in optimizers.items():
-        state: dict[int, dict[str, Any]] = {}
-        for index, scalars in saved[name]["scalars"].items():
-            state.setdefault(int(index), {}).update(scalars)
-        prefix = f"opt/{name}/"
-        for key, value in tensors.items():
-            if key.startswith(prefix):
-                index, field = key[len(prefix) :].split("/", 1)
-                state.setdefault(int(index), {})[field] = value
-        groups = saved[name]["param_groups"]
-        sizes = [len(g["params"]) for g in groups]
-        own = [len(g["params"]) for g in opt.param_groups]
-        if sizes != own:
-            raise CheckpointError(
-                f"optimiser {name!r} in {source} has parameter groups of sizes {sizes}, this "
-                f"agent's has {own}: the checkpoint is from another architecture"
-            )
-        opt.load_state_dict({"state": state, "param_groups": groups})
-
-
-def agent_model_card(agent: APVAgent, repo_id: str | None = None) -> ModelCard:
-    """The README.md model card of an APVAgent checkpoint."""
-    cfg = agent.config
-    counts = agent.num_parameters()
-    name = repo_id or "path/to/checkpoint"
-    wm = cfg.world_model
-    card_data = ModelCardData(
-        library_name="apv-hub", tags=["apv", "world-model", "reinforcement-learning", "dreamerv2"]
-    )
-    pretrained = agent.training_info.get("pretrained", "none (randomly initialised)")
-    transferred = ", ".join(agent.training_info.get("transferred", [])) or "nothing"
-    size = f"{cfg.video.image_channels}, {cfg.video.image_size}, {cfg.video.image_size}"
-    body = f"""
-# APV agent{f": {repo_id}" if repo_id else ""}
-
-A world-model agent from APV (Seo et al., ICML 2022): variant `{cfg.variant()}`.
-
-- World model: {
-        "action-conditional RSSM stacked on the action-free one"
-        if wm.stacked
-        else "one action-conditional RSSM (DreamerV2)"
-    }; action-conditional input
-  `{wm.ac_input}`; {counts["model"]:,} parameters
-- Pre-trained video model: {pretrained}; copied: {transferred}
-- Intrinsic bonus: {
-        f"beta {cfg.intrinsic.beta}, window {cfg.intrinsic.window}, "
-        f"k {cfg.intrinsic.k}, queue {cfg.intrinsic.queue_size}"
-        if cfg.intrinsic.enabled
-        else "off"
-    }
-- Actor-critic: horizon {cfg.behavior.horizon}, discount {cfg.behavior.discount}, lambda
-  {cfg.behavior.discount_lambda}; actor {counts["actor"]:,} and critic {counts["critic"]:,}
-  parameters; {agent.num_updates} updates done
-- Action dimension: {agent.action_dim}
-{finetune_section(agent.training_info.get("finetune"))}
-## Usage
-
-```python
-import torch
-from apv_hub import APVAgent
-
-agent = APVAgent.from_pretrained("{name}")
-obs = {{"image": torch.zeros(1, {size}, dtype=torch.uint8),
-        "is_first": torch.ones(1, dtype=torch.bool)}}
-action, state = agent.act(obs, state=None, explore=False)   # [1, {agent.action_dim}] in [-1, 1]
-```
-
-## Citation
-
-```bibtex
-{CITATION}
-```
-"""
-    return ModelCard(f"---\n{card_data.to_yaml()}\n---\n{body}")
-
-
-def finetune_section(info: dict[str, Any] | None) -> str:
-    """The card's fine-tuning section: environment, variant, steps and the evaluation curve as
-    measured (empty for an agent that was not fine-tuned by apv_hub.training.finetune)."""
-    if not info:
-        return ""
-    lines = [
-        "",
-        "## Fine-tuning",
-        "",
-        f"- Environment: `{info.get('env')}` (options {info.get('env_options') or 'default'})",
-        f"- Variant: `{info.get('variant')}`, preset `{info.get('preset')}`, "
-        f"seed {info.get('seed')}",
-        f"- Environment steps: {info.get('env_steps')} ({info.get('policy_steps')} policy steps), "
-        f"{info.get('updates')} updates, {info.get('processes', 1)} process(es)",
-    ]
-    if info.get("command"):
-        lines += ["- Command:", "", "```bash", str(info["command"]), "```"]
-    curve = info.get("eval_curve") or []
-    if curve:
-        success = any("success_rate" in row for row in curve)
-        lines += [
-            "",
-            "Evaluation (deterministic policy) during fine-tuning, as measured:",
-            "",
-            "| env steps | return (95% CI) |" + (" success rate |" if success else ""),
-            "|---|---|" + ("---|" if success else ""),
-        ]
-        shown = curve if len(curve) <= 30 else curve[:: math.ceil(len(curve) / 30)] + curve[-1:]
-        for row in shown:
-            low, high = row["return_ci_low"], row["return_ci_high"]
-            ret = f"{row['return_mean']:.2f} ({low:.2f}, {high:.2f})"
-            rate = (
-                f" {row['success_rate']:.2f} |"
-                if "success_rate" in row
-                else (" |" if success else "")
-            )
-            lines.append(f"| {row['env_steps']} | {ret} |{rate}")
-    return "\n".join(lines) + "\n"

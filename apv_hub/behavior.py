@@ -23,8 +23,8 @@ from torch import Tensor, nn
 
 from apv_hub.config import BehaviorConfig
 from apv_hub.nets import MLP
+from apv_hub.optim import apply_gradients
 from apv_hub.rssm import State
-from apv_hub.training.optim import apply_gradients
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 

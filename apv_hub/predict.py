@@ -134,7 +134,7 @@ def predict_video(
     ``model`` is a loaded model, a checkpoint folder or a Hub repo id. ``horizon`` frames are
     predicted after ``context`` frames starting at frame ``start``; None: to the video's end.
     """
-    from apv_hub.training.logging import write_gif, write_video
+    from apv_hub.data.video import write_gif, write_video
 
     if not isinstance(model, APVVideoModel):
         model = APVVideoModel.from_pretrained(model)

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from apv_hub.training.logging import write_atomic
+from apv_hub.io import write_atomic
 
 REQUIRED_KEYS = ("image", "action", "reward", "is_first", "is_last", "is_terminal")
 INDEX_FILE = "replay.json"

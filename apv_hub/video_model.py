@@ -13,9 +13,9 @@ import torch
 from huggingface_hub import ModelCard
 from torch import Tensor, nn
 
-from apv_hub import __version__
+from apv_hub.cards import VIDEO_MODEL_METADATA, video_model_card
 from apv_hub.config import APVConfig
-from apv_hub.hub import SafetensorsHubMixin, video_model_card
+from apv_hub.hub import SafetensorsHubMixin
 from apv_hub.nets import (
     ConvDecoder,
     ConvEncoder,
@@ -25,6 +25,7 @@ from apv_hub.nets import (
     preprocess,
 )
 from apv_hub.rssm import RSSM, State
+from apv_hub.version import __version__
 
 
 def default_is_first(frames: Tensor) -> Tensor:
@@ -34,13 +35,7 @@ def default_is_first(frames: Tensor) -> Tensor:
     return is_first
 
 
-class APVVideoModel(
-    nn.Module,
-    SafetensorsHubMixin,
-    library_name="apv-hub",
-    paper_url="https://arxiv.org/abs/2203.13880",
-    tags=["apv", "world-model", "video-prediction", "reinforcement-learning"],
-):
+class APVVideoModel(nn.Module, SafetensorsHubMixin, **VIDEO_MODEL_METADATA):
     """Encoder + action-free RSSM + decoder.
 
     Frames at the edges are uint8 [B, T, C, H, W]; features are [B, T, feat_dim] with

@@ -7,13 +7,14 @@ metadata, so a file whose bytes were changed after saving is refused instead of 
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
+
+from apv_hub.io import publish, temporary_path
 
 DIGEST_KEY = "apv_hub_sha256"
 
@@ -39,9 +40,9 @@ def save_tensors(
     path = Path(path)
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     meta = {"format": "pt", **(metadata or {}), DIGEST_KEY: tensor_digest(tensors)}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temporary_path(path)
     save_file(tensors, tmp, metadata=meta)
-    os.replace(tmp, path)
+    publish(tmp, path)
 
 
 def load_tensors(path: str | Path, device: str = "cpu") -> tuple[dict[str, Tensor], dict[str, str]]:

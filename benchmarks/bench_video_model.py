@@ -17,7 +17,7 @@ import torch
 
 from apv_hub import APVConfig, APVVideoModel
 from apv_hub.config import PRESETS
-from apv_hub.training.optim import apply_gradients, make_adam
+from apv_hub.optim import apply_gradients, make_adam
 from benchmarks.common import bench_parser, machine, report, time_calls
 
 

@@ -27,7 +27,6 @@ from torch import Tensor, nn
 from apv_hub.agent import APVAgent, make_optimizers
 from apv_hub.config import VARIANTS, AgentConfig, APVConfig
 from apv_hub.video_model import APVVideoModel
-from apv_hub.world_model import APVWorldModel
 
 GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
 ACTION_DIM = 3

@@ -16,8 +16,9 @@ import torch
 
 from apv_hub import APVAgent
 from apv_hub.config import ConfigError
-from apv_hub.evaluation import EpisodeResult, bootstrap_ci, summarize
-from apv_hub.evaluation import main as evaluate_main
+from apv_hub.data.video import video_grid, write_video
+from apv_hub.evaluation.episodes import EpisodeResult, bootstrap_ci, summarize
+from apv_hub.evaluation.episodes import main as evaluate_main
 from apv_hub.replay import load_episode
 from apv_hub.training.checkpoint import (
     begin_checkpoint,
@@ -28,7 +29,7 @@ from apv_hub.training.checkpoint import (
     save_run_checkpoint,
 )
 from apv_hub.training.finetune import FinetuneConfig, NonFiniteError, finetune, main
-from apv_hub.training.logging import CurveWriter, video_grid, write_video
+from apv_hub.training.logging import CurveWriter
 from apv_hub.weights import load_tensors
 from tests.agent_helpers import single_thread  # noqa: F401
 from tests.finetune_helpers import SLIDE_ENV, save_tiny_video_model, slide_config

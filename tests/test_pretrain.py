@@ -263,7 +263,7 @@ def test_run_config_round_trip_and_clear_errors(straight_run, corpus, tmp_path):
 
 
 def test_model_card_sources_train_what_they_describe(monkeypatch):
-    from apv_hub.hub import KNOWN_CHECKPOINTS
+    from apv_hub.cards import KNOWN_CHECKPOINTS
     from apv_hub.training.pretrain import build_parser, config_from_args
 
     monkeypatch.chdir(REPO_ROOT)  # the commands run from the repository root

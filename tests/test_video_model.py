@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from apv_hub import APVConfig, APVVideoModel
+from apv_hub.optim import apply_gradients, make_adam
 from apv_hub.synthetic import moving_squares
-from apv_hub.training.optim import apply_gradients, make_adam
 
 
 def frames(batch: int, length: int, size: int = 64, seed: int = 0) -> torch.Tensor:

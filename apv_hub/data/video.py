@@ -1,4 +1,5 @@
-"""Encoding frames to video bytes (PyAV) and probing / decoding video bytes (decord).
+"""Encoding frames to video bytes and files (PyAV, GIF through Pillow) and probing / decoding
+video bytes (decord).
 
 Frames here are numpy uint8 ``[T, H, W, 3]`` (channels last, what encoders and decoders speak);
 the clip loader turns them into channels-first tensors at the module edge.
@@ -7,14 +8,19 @@ the clip loader turns them into channels-first tensors at the module edge.
 from __future__ import annotations
 
 import io
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
+from pathlib import Path
 
 # PyAV before decord: decord bundles its own FFmpeg libraries, and when they load first PyAV's
 # libvpx encoder fails to open (avcodec_open2 returns EINVAL) in the same process.
 import av
 import decord
 import numpy as np
+
+from apv_hub.io import write_atomic
 
 # Frames are decoded in chunks when a whole video is verified, so memory stays bounded.
 _VERIFY_CHUNK = 64
@@ -140,3 +146,76 @@ def center_crop(frames: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     """Frames [T, H, W, C] -> their centre [T, out_h, out_w, C]."""
     top, left = (frames.shape[1] - out_h) // 2, (frames.shape[2] - out_w) // 2
     return frames[:, top : top + out_h, left : left + out_w]
+
+
+def video_grid(episodes: Sequence[np.ndarray], columns: int = 5, scale: int = 1) -> np.ndarray:
+    """Tile episodes side by side into one video.
+
+    episodes: uint8 arrays [T_i, 3, H, W] (channels first, the project's convention); shorter
+    episodes hold their last frame. Returns uint8 [max T_i, rows * H * scale,
+    columns * W * scale, 3] (channels last, for video writers), with ``scale``-fold nearest
+    upsampling.
+    """
+    if not episodes:
+        raise ValueError("video_grid needs at least one episode")
+    shapes = {tuple(ep.shape[1:]) for ep in episodes}
+    if len(shapes) != 1 or any(ep.ndim != 4 or ep.shape[1] != 3 for ep in episodes):
+        raise ValueError(f"episodes must all be uint8 [T, 3, H, W] of one size, got {shapes}")
+    columns = max(1, min(columns, len(episodes)))
+    rows = math.ceil(len(episodes) / columns)
+    length = max(len(ep) for ep in episodes)
+    _, height, width = episodes[0].shape[1:]
+    grid = np.zeros((length, rows * height, columns * width, 3), np.uint8)
+    for i, ep in enumerate(episodes):
+        padded = np.concatenate([ep, np.repeat(ep[-1:], length - len(ep), 0)])
+        r, c = divmod(i, columns)
+        grid[:, r * height : (r + 1) * height, c * width : (c + 1) * width] = padded.transpose(
+            0, 2, 3, 1
+        )
+    if scale > 1:
+        grid = grid.repeat(scale, 1).repeat(scale, 2)
+    return grid
+
+
+def write_video(path: str | Path, frames: np.ndarray, fps: int = 20) -> Path:
+    """Encode uint8 frames [T, H, W, 3] as an H.264 mp4 that any player opens (yuv420p), at
+    ``fps``, atomically. Odd frame sizes are padded by one black row/column (yuv420p needs even
+    sizes); crf 12 is near-lossless, since blurred details at 64x64 hide what the agent sees."""
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or not len(frames):
+        raise ValueError(f"frames must be uint8 [T, H, W, 3] with T > 0, got {frames.shape}")
+    pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
+    if pad_h or pad_w:
+        frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_atomic(path, encode_video(frames, fps, crf=12, pix_fmt="yuv420p"))
+
+
+def gif_bytes(frames: np.ndarray, fps: int = 10) -> bytes:
+    """uint8 frames [T, H, W, 3] -> an endlessly looping animated gif."""
+    from PIL import Image
+
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or not len(frames):
+        raise ValueError(f"frames must be uint8 [T, H, W, 3] with T > 0, got {frames.shape}")
+    images = [Image.fromarray(frame) for frame in frames]
+    buf = io.BytesIO()
+    images[0].save(
+        buf,
+        format="GIF",
+        save_all=True,
+        append_images=images[1:],
+        duration=round(1000 / fps),
+        loop=0,
+        optimize=False,
+    )
+    return buf.getvalue()
+
+
+def write_gif(path: str | Path, frames: np.ndarray, fps: int = 10) -> Path:
+    """Write uint8 frames [T, H, W, 3] as an animated gif, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, gif_bytes(frames, fps))
+    return path

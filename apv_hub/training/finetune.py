@@ -55,14 +55,16 @@ import torch
 
 from apv_hub.agent import APVAgent, make_optimizers
 from apv_hub.config import VARIANTS, AgentConfig, ConfigError
+from apv_hub.data.video import video_grid, write_video
 from apv_hub.envs import EnvPool, default_options
-from apv_hub.evaluation import (
+from apv_hub.evaluation.episodes import (
     EpisodeResult,
     episode_seed,
     parse_assignments,
     run_episodes,
     summarize,
 )
+from apv_hub.io import json_ready, write_atomic
 from apv_hub.replay import ReplayBuffer
 from apv_hub.training.checkpoint import (
     begin_checkpoint,
@@ -71,14 +73,7 @@ from apv_hub.training.checkpoint import (
     latest_checkpoint,
     link_files,
 )
-from apv_hub.training.logging import (
-    CurveWriter,
-    ScalarLogger,
-    json_ready,
-    video_grid,
-    write_atomic,
-    write_video,
-)
+from apv_hub.training.logging import CurveWriter, ScalarLogger
 from apv_hub.weights import CheckpointError, load_tensors, save_tensors, tensor_digest
 
 CONFIG_FILE = "config.json"

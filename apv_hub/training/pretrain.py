@@ -47,7 +47,7 @@ from torch import Tensor
 
 from apv_hub.config import APVConfig, ConfigError
 from apv_hub.hub import CONFIG_NAME, resolve_file
-from apv_hub.training.optim import apply_gradients, make_adam
+from apv_hub.optim import apply_gradients, make_adam
 from apv_hub.video_model import APVVideoModel
 from apv_hub.weights import load_into, load_tensors, save_tensors, tensor_digest
 
@@ -188,7 +188,7 @@ class PretrainConfig:
         return cls(**data)
 
     def save(self, path: str | Path) -> None:
-        from apv_hub.training.logging import write_atomic
+        from apv_hub.io import write_atomic
 
         text = json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
         write_atomic(path, text.encode())
@@ -583,8 +583,8 @@ class Pretrainer:
 
     def _evaluate(self) -> Path | None:
         """Main process: the open-loop prediction video of the eval clips, saved and logged."""
+        from apv_hub.data.video import write_gif, write_video
         from apv_hub.predict import open_loop, prediction_mse, side_by_side
-        from apv_hub.training.logging import write_gif, write_video
 
         if not self.is_main:
             return None
@@ -626,8 +626,8 @@ class Pretrainer:
         self.checkpoint = checkpoint_path(self.paths.checkpoints, self.step)
 
     def _write_checkpoint(self, folder: Path, state: dict[str, Any]) -> None:
-        from apv_hub.agent import flatten_optimizers
-        from apv_hub.training.logging import json_ready, write_atomic
+        from apv_hub.io import json_ready, write_atomic
+        from apv_hub.optim import flatten_optimizers
 
         save_tensors(self.model.state_dict(), folder / MODEL_FILE)
         # Test seam: die here, with the model written and the rest not, as a crash would.
@@ -640,7 +640,7 @@ class Pretrainer:
         self.config.save(folder / RUN_CONFIG)
 
     def _load_checkpoint(self, folder: Path) -> None:
-        from apv_hub.agent import load_optimizers
+        from apv_hub.optim import load_optimizers
 
         tensors, _ = load_tensors(folder / MODEL_FILE)
         load_into(self.model, tensors, source=str(folder))

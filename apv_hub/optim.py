@@ -1,4 +1,5 @@
-"""The optimiser recipe of DreamerV2/APV: Adam with L2 weight decay and gradient-norm clipping."""
+"""The optimiser recipe of DreamerV2/APV (Adam with L2 weight decay, gradient-norm clipping,
+gradients averaged over processes) and optimiser state as safetensors + JSON (no pickle)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from apv_hub.weights import CheckpointError
 
 
 def make_adam(
@@ -68,3 +71,55 @@ def average_gradients(params: Iterable[nn.Parameter], accelerator: Any) -> None:
     for g in grads:
         g.copy_(flat[offset : offset + g.numel()].view_as(g))
         offset += g.numel()
+
+
+def flatten_optimizers(
+    optimizers: dict[str, torch.optim.Optimizer],
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Optimiser state dicts -> (tensors named ``opt/<name>/<param>/<key>``, JSON metadata)."""
+    tensors: dict[str, Tensor] = {}
+    meta: dict[str, Any] = {"optimizers": {}}
+    for name, opt in optimizers.items():
+        sd = opt.state_dict()
+        scalars: dict[str, dict[str, Any]] = {}
+        for index, state in sd["state"].items():
+            for key, value in state.items():
+                if isinstance(value, Tensor):
+                    tensors[f"opt/{name}/{index}/{key}"] = value
+                else:
+                    scalars.setdefault(str(index), {})[key] = value
+        meta["optimizers"][name] = {"param_groups": sd["param_groups"], "scalars": scalars}
+    return tensors, meta
+
+
+def load_optimizers(
+    optimizers: dict[str, torch.optim.Optimizer],
+    tensors: dict[str, Tensor],
+    meta: dict[str, Any],
+    source: str,
+) -> None:
+    """Inverse of ``flatten_optimizers``; names the optimisers that do not match."""
+    saved = meta["optimizers"]
+    if set(saved) != set(optimizers):
+        raise CheckpointError(
+            f"training state of {source} has optimisers {sorted(saved)}, "
+            f"expected {sorted(optimizers)}"
+        )
+    for name, opt in optimizers.items():
+        state: dict[int, dict[str, Any]] = {}
+        for index, scalars in saved[name]["scalars"].items():
+            state.setdefault(int(index), {}).update(scalars)
+        prefix = f"opt/{name}/"
+        for key, value in tensors.items():
+            if key.startswith(prefix):
+                index, field = key[len(prefix) :].split("/", 1)
+                state.setdefault(int(index), {})[field] = value
+        groups = saved[name]["param_groups"]
+        sizes = [len(g["params"]) for g in groups]
+        own = [len(g["params"]) for g in opt.param_groups]
+        if sizes != own:
+            raise CheckpointError(
+                f"optimiser {name!r} in {source} has parameter groups of sizes {sizes}, this "
+                f"agent's has {own}: the checkpoint is from another architecture"
+            )
+        opt.load_state_dict({"state": state, "param_groups": groups})

@@ -221,7 +221,8 @@ def parse_assignments(items: Sequence[str], what: str) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """The ``apv-evaluate`` command; returns the score it wrote."""
-    from apv_hub.training.logging import video_grid, write_atomic, write_video
+    from apv_hub.data.video import video_grid, write_video
+    from apv_hub.io import write_atomic
 
     args = build_parser().parse_args(argv)
     agent = APVAgent.from_pretrained(args.agent, revision=args.revision, map_location=args.device)

@@ -1,0 +1,249 @@
+"""Model cards: the README.md of every checkpoint this project writes, and their metadata.
+
+The Hub metadata of each model (library, tags, paper) is given once here, as the class keywords
+of the model class (``class APVVideoModel(..., **VIDEO_MODEL_METADATA)``) and in its card's YAML
+header. A card states the architecture, parameter counts, what the model was trained on and for
+how long (only what was recorded), how to use it, and the APV citation.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from typing import TYPE_CHECKING, Any
+
+from huggingface_hub import ModelCard, ModelCardData
+
+if TYPE_CHECKING:
+    from apv_hub.agent import APVAgent
+    from apv_hub.video_model import APVVideoModel
+
+PAPER_URL = "https://arxiv.org/abs/2203.13880"
+VIDEO_MODEL_METADATA: dict[str, Any] = dict(
+    library_name="apv-hub",
+    paper_url=PAPER_URL,
+    tags=["apv", "world-model", "video-prediction", "reinforcement-learning"],
+)
+AGENT_METADATA: dict[str, Any] = dict(
+    library_name="apv-hub",
+    paper_url=PAPER_URL,
+    tags=["apv", "world-model", "reinforcement-learning", "dreamerv2"],
+)
+
+
+def card_data(metadata: dict[str, Any], **extra: Any) -> ModelCardData:
+    """The YAML header of a card: a model class's metadata (without the paper link, which the
+    card body cites) plus ``extra`` fields."""
+    fields = {k: v for k, v in metadata.items() if k != "paper_url"}
+    return ModelCardData(**fields, **extra)
+
+
+CITATION = """@inproceedings{seo2022reinforcement,
+  title={Reinforcement Learning with Action-Free Pre-Training from Videos},
+  author={Seo, Younggyo and Lee, Kimin and James, Stephen and Abbeel, Pieter},
+  booktitle={International Conference on Machine Learning},
+  year={2022}
+}"""
+
+# Checkpoints this project publishes (card sources live in model_cards/).
+KNOWN_CHECKPOINTS: dict[str, str] = {
+    "apv/rlbench-99": "RLBench demonstrations of 99 tasks, 5 cameras (4950 videos)",
+    "apv/triped-walk": "1000 videos of a DreamerV2 agent on the three-legged Triped walk task",
+    "apv/something-something-1.5k": "a random 1.5K-video subset of Something-Something-v2",
+    "apv/metaworld-scripted": "Meta-world scripted-policy videos from the corner camera",
+    "apv/sample": "the small Meta-world sample corpus shipped with apv-hub",
+}
+
+
+REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def _is_repo_id(name: Any) -> bool:
+    """Whether a training data entry names a Hub dataset (``owner/name``, not a local folder)."""
+    return bool(name) and bool(REPO_ID.match(str(name))) and not os.path.exists(str(name))
+
+
+def _millions(n: int) -> str:
+    return f"{n / 1e6:.2f}M"
+
+
+def _training_section(info: dict[str, Any]) -> str:
+    if not info:
+        return "Not recorded: this checkpoint was saved without training information."
+    lines = []
+    if info.get("data"):
+        data = info["data"] if isinstance(info["data"], list) else [info["data"]]
+        lines.append("- Data: " + ", ".join(str(d) for d in data))
+    if "steps" in info:
+        lines.append(f"- Gradient steps: {info['steps']}")
+    if info.get("batch"):
+        lines.append(f"- Batch: {info['batch']}")
+    if info.get("init"):
+        lines.append(f"- Initialised from: {info['init']}")
+    if info.get("precision"):
+        lines.append(f"- Precision: {info['precision']}")
+    for name, value in (info.get("metrics") or {}).items():
+        value = f"{value:.4g}" if isinstance(value, float) else value
+        lines.append(f"- Final {name} (measured): {value}")
+    if info.get("metrics_note"):
+        lines.append(f"- How the final values were measured: {info['metrics_note']}")
+    if info.get("command"):
+        lines.append(f"- Command:\n\n```bash\n{info['command']}\n```")
+    return "\n".join(lines) if lines else "Not recorded."
+
+
+def _notes_section(info: dict[str, Any]) -> str:
+    """The card source of a published checkpoint (model_cards/<name>.md), as the run read it."""
+    notes = (info.get("card_notes") or "").strip()
+    return f"## About this checkpoint\n\n{notes}\n\n" if notes else ""
+
+
+def video_model_card(model: APVVideoModel, repo_id: str | None = None) -> ModelCard:
+    """The README.md model card of an APVVideoModel checkpoint."""
+    cfg = model.config
+    counts = model.num_parameters()
+    name = repo_id or "path/to/checkpoint"
+    data = model.training_info.get("data")
+    header = card_data(
+        VIDEO_MODEL_METADATA,
+        datasets=[d for d in (data if isinstance(data, list) else [data]) if _is_repo_id(d)]
+        or None,
+    )
+    body = f"""
+# APV action-free video model{f": {repo_id}" if repo_id else ""}
+
+An action-free latent video prediction model from APV (Seo et al., ICML 2022), pre-trained on
+videos without actions or rewards. Fine-tuning stacks an action-conditional world model on it.
+
+## Architecture
+
+- Frames: {cfg.image_channels} x {cfg.image_size} x {cfg.image_size}, uint8
+- Encoder: {len(cfg.encoder_kernels)} stride-2 convolutions (kernels {list(cfg.encoder_kernels)},
+  depth {cfg.cnn_depth}) -> {model.embed_dim}-dim embedding
+  ({_millions(counts["encoder"])} parameters)
+- RSSM: deterministic {cfg.deter} (layer-normed GRU), hidden {cfg.hidden}, {cfg.stoch} discrete
+  latents x {cfg.classes} classes, {cfg.act} ({_millions(counts["rssm"])} parameters)
+- Decoder: linear + {len(cfg.decoder_kernels)} transposed convolutions (kernels
+  {list(cfg.decoder_kernels)}) ({_millions(counts["decoder"])} parameters)
+- Total: {counts["total"]:,} parameters
+- Loss: image NLL + {cfg.kl_scale} x KL (balance {cfg.kl_balance}, free nats {cfg.free_nats})
+
+{_notes_section(model.training_info)}## Training
+
+{_training_section(model.training_info)}
+
+## Usage
+
+```python
+import torch
+from apv_hub import APVVideoModel
+
+model = APVVideoModel.from_pretrained("{name}")
+frames = torch.randint(0, 256, (1, 10, {cfg.image_channels}, {cfg.image_size}, {cfg.image_size}),
+                       dtype=torch.uint8)          # [B, T, C, H, W]
+features = model.features(frames)                   # [B, T, {model.feat_dim}]
+future = model.predict(frames[:, :5], horizon=20)   # [B, 20, C, H, W] uint8
+```
+
+## Citation
+
+```bibtex
+{CITATION}
+```
+"""
+    return ModelCard(f"---\n{header.to_yaml()}\n---\n{body}")
+
+
+def agent_model_card(agent: APVAgent, repo_id: str | None = None) -> ModelCard:
+    """The README.md model card of an APVAgent checkpoint."""
+    cfg = agent.config
+    counts = agent.num_parameters()
+    name = repo_id or "path/to/checkpoint"
+    wm = cfg.world_model
+    header = card_data(AGENT_METADATA)
+    pretrained = agent.training_info.get("pretrained", "none (randomly initialised)")
+    transferred = ", ".join(agent.training_info.get("transferred", [])) or "nothing"
+    size = f"{cfg.video.image_channels}, {cfg.video.image_size}, {cfg.video.image_size}"
+    body = f"""
+# APV agent{f": {repo_id}" if repo_id else ""}
+
+A world-model agent from APV (Seo et al., ICML 2022): variant `{cfg.variant()}`.
+
+- World model: {
+        "action-conditional RSSM stacked on the action-free one"
+        if wm.stacked
+        else "one action-conditional RSSM (DreamerV2)"
+    }; action-conditional input
+  `{wm.ac_input}`; {counts["model"]:,} parameters
+- Pre-trained video model: {pretrained}; copied: {transferred}
+- Intrinsic bonus: {
+        f"beta {cfg.intrinsic.beta}, window {cfg.intrinsic.window}, "
+        f"k {cfg.intrinsic.k}, queue {cfg.intrinsic.queue_size}"
+        if cfg.intrinsic.enabled
+        else "off"
+    }
+- Actor-critic: horizon {cfg.behavior.horizon}, discount {cfg.behavior.discount}, lambda
+  {cfg.behavior.discount_lambda}; actor {counts["actor"]:,} and critic {counts["critic"]:,}
+  parameters; {agent.num_updates} updates done
+- Action dimension: {agent.action_dim}
+{finetune_section(agent.training_info.get("finetune"))}
+## Usage
+
+```python
+import torch
+from apv_hub import APVAgent
+
+agent = APVAgent.from_pretrained("{name}")
+obs = {{"image": torch.zeros(1, {size}, dtype=torch.uint8),
+        "is_first": torch.ones(1, dtype=torch.bool)}}
+action, state = agent.act(obs, state=None, explore=False)   # [1, {agent.action_dim}] in [-1, 1]
+```
+
+## Citation
+
+```bibtex
+{CITATION}
+```
+"""
+    return ModelCard(f"---\n{header.to_yaml()}\n---\n{body}")
+
+
+def finetune_section(info: dict[str, Any] | None) -> str:
+    """The card's fine-tuning section: environment, variant, steps and the evaluation curve as
+    measured (empty for an agent that was not fine-tuned by apv_hub.training.finetune)."""
+    if not info:
+        return ""
+    lines = [
+        "",
+        "## Fine-tuning",
+        "",
+        f"- Environment: `{info.get('env')}` (options {info.get('env_options') or 'default'})",
+        f"- Variant: `{info.get('variant')}`, preset `{info.get('preset')}`, "
+        f"seed {info.get('seed')}",
+        f"- Environment steps: {info.get('env_steps')} ({info.get('policy_steps')} policy steps), "
+        f"{info.get('updates')} updates, {info.get('processes', 1)} process(es)",
+    ]
+    if info.get("command"):
+        lines += ["- Command:", "", "```bash", str(info["command"]), "```"]
+    curve = info.get("eval_curve") or []
+    if curve:
+        success = any("success_rate" in row for row in curve)
+        lines += [
+            "",
+            "Evaluation (deterministic policy) during fine-tuning, as measured:",
+            "",
+            "| env steps | return (95% CI) |" + (" success rate |" if success else ""),
+            "|---|---|" + ("---|" if success else ""),
+        ]
+        shown = curve if len(curve) <= 30 else curve[:: math.ceil(len(curve) / 30)] + curve[-1:]
+        for row in shown:
+            low, high = row["return_ci_low"], row["return_ci_high"]
+            ret = f"{row['return_mean']:.2f} ({low:.2f}, {high:.2f})"
+            rate = (
+                f" {row['success_rate']:.2f} |"
+                if "success_rate" in row
+                else (" |" if success else "")
+            )
+            lines.append(f"| {row['env_steps']} | {ret} |{rate}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,1 @@
+"""Evaluation: deterministic episodes of an agent and their score (``episodes``)."""
