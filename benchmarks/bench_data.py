@@ -51,8 +51,7 @@ def raw_decode(clips: ClipDataset, items: range) -> float:
     videos = [c["video"] for c in clips.corpora]
     start = time.perf_counter()
     for i in items:
-        corpus, pos, first = clips.draw(i)
-        row = int(clips._pools[corpus].rows[pos])
+        corpus, row, first = clips.draw(i)
         reader = decord.VideoReader(io.BytesIO(videos[corpus][row]), num_threads=1)
         frames = reader.get_batch(list(range(first, first + clips.span, clips.stride))).asnumpy()
         assert frames.shape[0] == clips.length

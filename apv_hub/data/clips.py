@@ -167,7 +167,12 @@ class ClipDataset(torch.utils.data.Dataset):
         return self.num_clips
 
     def draw(self, index: int, attempt: int = 0) -> tuple[int, int, int]:
-        """Item ``index``'s ``attempt``-th draw -> (corpus, position in its pool, start frame)."""
+        """Item ``index``'s ``attempt``-th draw -> (corpus, row of that corpus, start frame)."""
+        corpus, pos, start = self._draw(index, attempt)
+        return corpus, int(self._pools[corpus].rows[pos]), start
+
+    def _draw(self, index: int, attempt: int) -> tuple[int, int, int]:
+        """-> (corpus, position in its pool of usable rows, start frame)."""
         rng = np.random.default_rng([self.seed, self.rank, index, attempt])
         corpus = int(rng.choice(len(self._pools), p=self.weights))
         pool = self._pools[corpus]
@@ -179,7 +184,7 @@ class ClipDataset(torch.utils.data.Dataset):
         if not 0 <= index < self.num_clips:
             raise IndexError(f"clip index {index} out of range [0, {self.num_clips})")
         for attempt in range(MAX_DRAWS):
-            corpus, pos, start = self.draw(index, attempt)
+            corpus, pos, start = self._draw(index, attempt)
             row = int(self._pools[corpus].rows[pos])
             if (corpus, row) in self._bad_rows:
                 continue
