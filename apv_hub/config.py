@@ -14,6 +14,9 @@ from typing import Any
 
 # Keys that config.json may hold beside the config fields: written by the library, not settings.
 METADATA_KEYS = ("model_type", "apv_hub_version", "training")
+# Fields added after checkpoints were first published, with the value that files written
+# before them meant (what the code did then).
+LEGACY_DEFAULTS: dict[str, object] = {"layer_norm_eps": 1e-5}
 
 
 class ConfigError(ValueError):
@@ -43,6 +46,9 @@ class APVConfig:
     classes: int = 32
     act: str = "elu"
     gru_layer_norm: bool = True
+    # Epsilon of the GRU's layer norm. The release (Keras) uses 1e-3; PyTorch's default 1e-5 is
+    # what apv-hub checkpoints without this field were trained with.
+    layer_norm_eps: float = 1e-5
     # Loss: image log-likelihood + kl_scale * balanced KL(post || prior).
     image_loss_scale: float = 1.0
     kl_scale: float = 0.1
@@ -111,6 +117,7 @@ class APVConfig:
     def from_json_dict(cls, data: dict[str, Any]) -> APVConfig:
         """Like from_dict, but every field must be present (what a saved config.json holds)."""
         names = {f.name for f in dataclasses.fields(cls)}
+        data = {**{k: v for k, v in LEGACY_DEFAULTS.items() if k in names}, **data}
         missing = sorted(names - set(data))
         if missing:
             raise ConfigError(f"config is missing APVConfig field(s): {', '.join(missing)}")

@@ -159,10 +159,12 @@ class GRUCell(nn.Module):
     scales the candidate rather than the previous state.
     """
 
-    def __init__(self, in_dim: int, size: int, layer_norm: bool = True) -> None:
+    def __init__(
+        self, in_dim: int, size: int, layer_norm: bool = True, norm_eps: float = 1e-5
+    ) -> None:
         super().__init__()
         self.linear = nn.Linear(in_dim + size, 3 * size, bias=not layer_norm)
-        self.norm = nn.LayerNorm(3 * size) if layer_norm else nn.Identity()
+        self.norm = nn.LayerNorm(3 * size, eps=norm_eps) if layer_norm else nn.Identity()
 
     def forward(self, x: Tensor, state: Tensor) -> Tensor:
         """x [B, in_dim], state [B, size] -> new state [B, size]."""

@@ -63,6 +63,7 @@ class RSSM(nn.Module):
         classes: int = 32,
         act: str = "elu",
         layer_norm: bool = True,
+        norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
         self.embed_dim, self.action_dim = embed_dim, action_dim
@@ -70,7 +71,7 @@ class RSSM(nn.Module):
         self.img_in = nn.Sequential(
             nn.Linear(stoch * classes + action_dim, hidden), activation(act)
         )
-        self.gru = GRUCell(hidden, deter, layer_norm)
+        self.gru = GRUCell(hidden, deter, layer_norm, norm_eps)
         self.img_out = nn.Sequential(
             nn.Linear(deter, hidden), activation(act), nn.Linear(hidden, stoch * classes)
         )

@@ -64,6 +64,7 @@ class APVVideoModel(nn.Module, SafetensorsHubMixin, **VIDEO_MODEL_METADATA):
             classes=config.classes,
             act=config.act,
             layer_norm=config.gru_layer_norm,
+            norm_eps=config.layer_norm_eps,
         )
         self.decoder = ConvDecoder(config, self.rssm.feat_dim)
 

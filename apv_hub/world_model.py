@@ -68,7 +68,15 @@ class APVWorldModel(nn.Module):
         self.af_rssm: RSSM | None = None
         if config.stacked:
             self.af_rssm = RSSM(
-                embed_dim, 0, vc.deter, vc.hidden, vc.stoch, vc.classes, vc.act, vc.gru_layer_norm
+                embed_dim,
+                0,
+                vc.deter,
+                vc.hidden,
+                vc.stoch,
+                vc.classes,
+                vc.act,
+                vc.gru_layer_norm,
+                vc.layer_norm_eps,
             )
             ac_in = self.af_rssm.feat_dim
             if config.ac_input == "embed_af_feat":
@@ -84,6 +92,7 @@ class APVWorldModel(nn.Module):
             classes=config.classes or vc.classes,
             act=vc.act,
             layer_norm=vc.gru_layer_norm,
+            norm_eps=vc.layer_norm_eps,
         )
         feat_dim = self.rssm.feat_dim
         self.decoder = ConvDecoder(vc, feat_dim)

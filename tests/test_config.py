@@ -49,3 +49,10 @@ def test_bad_values_and_presets_are_refused():
         APVConfig(kl_balance=1.5)
     with pytest.raises(ConfigError, match="act"):
         APVConfig(act="gelu6")
+
+
+def test_a_file_written_before_a_field_existed_loads_with_the_value_it_meant(tmp_path):
+    data = APVConfig.preset("tiny", layer_norm_eps=1e-3).to_dict()
+    del data["layer_norm_eps"]
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    assert APVConfig.load(tmp_path / "config.json").layer_norm_eps == 1e-5
