@@ -1,10 +1,12 @@
 """Fine-tune an APV agent: ``accelerate launch finetune.py --pretrained ... --env ... --out ...``.
 
-A thin entry point over `apv_hub.training.finetune.main` (also installed as ``apv-finetune``);
-``python finetune.py --help`` lists every option.
+A thin entry point over `apv_hub.training.commands.finetune_main` (also installed as
+``apv-finetune``); ``python finetune.py --help`` lists every option.
 """
 
-from apv_hub.training.finetune import main
+import sys
+
+from apv_hub.training.commands import finetune_main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(finetune_main())

@@ -1,6 +1,8 @@
 """Pre-train an APV video model: ``python pretrain.py --help`` (also ``accelerate launch``)."""
 
-from apv_hub.training.pretrain import main
+import sys
+
+from apv_hub.training.commands import pretrain_main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(pretrain_main())

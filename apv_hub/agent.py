@@ -4,9 +4,9 @@ Modules and optimisers are built separately (``APVAgent(...)`` / ``make_optimize
 a trainer can hand both to ``accelerate``; ``update(batch, optimizers)`` is one full training
 step. A checkpoint folder holds ``model.safetensors`` (every weight and buffer: world model,
 bonus queue/normaliser/projection, actor, critic, slow critic, update counter),
-``config.json`` and a ``README.md`` card; ``save_training_state`` adds the optimiser states and
-random-number-generator states as ``training_state.safetensors`` + ``training_state.json`` for an
-exact resume. Nothing is pickled.
+``config.json`` and a ``README.md`` card; ``save_training_state`` adds the optimiser and
+random-number-generator states (the files the trainers' checkpoints hold) for an exact resume.
+Nothing is pickled.
 """
 
 from __future__ import annotations
@@ -25,13 +25,21 @@ from apv_hub.cards import AGENT_METADATA, agent_model_card
 from apv_hub.config import AgentConfig
 from apv_hub.hub import SafetensorsHubMixin
 from apv_hub.intrinsic import VideoIntrinsicBonus
-from apv_hub.optim import apply_gradients, flatten_optimizers, load_optimizers
+from apv_hub.io import write_json
+from apv_hub.optim import (
+    OPTIMIZERS_FILE,
+    apply_gradients,
+    load_optimizer_state,
+    save_optimizer_state,
+)
+from apv_hub.seeding import load_rng_state, save_rng_state
 from apv_hub.version import __version__
 from apv_hub.video_model import APVVideoModel
-from apv_hub.weights import CheckpointError, load_tensors, save_tensors
+from apv_hub.weights import CheckpointError
 from apv_hub.world_model import BATCH_KEYS, APVWorldModel
 
-TRAINING_STATE_NAME = "training_state.safetensors"
+# save_training_state: the optimiser states (this file + its JSON), the RNG state and this.
+TRAINING_STATE_NAME = OPTIMIZERS_FILE
 TRAINING_STATE_JSON = "training_state.json"
 OPTIMIZER_NAMES = ("model", "actor", "critic")
 
@@ -111,6 +119,10 @@ class APVAgent(nn.Module, SafetensorsHubMixin, **AGENT_METADATA):
             "actor": list(self.behavior.actor.parameters()),
             "critic": list(self.behavior.critic.parameters()),
         }
+
+    def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Fresh optimisers of this agent (see the module-level `make_optimizers`)."""
+        return make_optimizers(self)
 
     def num_parameters(self) -> dict[str, int]:
         """Trained parameter counts per optimiser and in total."""
@@ -210,17 +222,13 @@ class APVAgent(nn.Module, SafetensorsHubMixin, **AGENT_METADATA):
     def save_training_state(
         self, directory: str | Path, optimizers: dict[str, torch.optim.Optimizer]
     ) -> None:
-        """Write optimiser and RNG states beside a checkpoint (tensors + JSON, no pickle)."""
+        """Write optimiser and RNG states beside a checkpoint (tensors + JSON, no pickle), as
+        the trainers' checkpoints hold them, plus the update count they belong to."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        tensors, meta = flatten_optimizers(optimizers)
-        tensors["rng/torch"] = torch.get_rng_state()
-        if torch.cuda.is_available():
-            for i, s in enumerate(torch.cuda.get_rng_state_all()):
-                tensors[f"rng/cuda{i}"] = s
-        save_tensors(tensors, directory / TRAINING_STATE_NAME)
-        meta["updates"] = self.num_updates
-        (directory / TRAINING_STATE_JSON).write_text(json.dumps(meta, indent=2) + "\n")
+        save_optimizer_state(directory, optimizers)
+        save_rng_state(directory, rank=0, generators={})
+        write_json(directory / TRAINING_STATE_JSON, {"updates": self.num_updates})
 
     def load_training_state(
         self,
@@ -233,19 +241,15 @@ class APVAgent(nn.Module, SafetensorsHubMixin, **AGENT_METADATA):
         json_path = directory / TRAINING_STATE_JSON
         if not json_path.is_file():
             raise CheckpointError(f"{directory} has no {TRAINING_STATE_JSON}; nothing to resume")
-        meta = json.loads(json_path.read_text())
-        if meta.get("updates") != self.num_updates:
+        updates = json.loads(json_path.read_text()).get("updates")
+        if updates != self.num_updates:
             raise CheckpointError(
-                f"training state of {directory} was saved after {meta.get('updates')} updates, "
+                f"training state of {directory} was saved after {updates} updates, "
                 f"but the agent has done {self.num_updates}: load the weights saved with it"
             )
-        tensors, _ = load_tensors(directory / TRAINING_STATE_NAME)
-        load_optimizers(optimizers, tensors, meta, source=str(directory))
+        load_optimizer_state(directory, optimizers)
         if restore_rng:
-            torch.set_rng_state(tensors["rng/torch"])
-            cuda = sorted(k for k in tensors if k.startswith("rng/cuda"))
-            if cuda and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all([tensors[k] for k in cuda])
+            load_rng_state(directory, rank=0)
 
     # Hub integration ---------------------------------------------------------------------------
 
@@ -260,7 +264,7 @@ class APVAgent(nn.Module, SafetensorsHubMixin, **AGENT_METADATA):
     @classmethod
     def from_config_dict(cls, config: dict[str, Any]) -> APVAgent:
         return cls(
-            AgentConfig.from_dict(config["agent"], require_all=True),
+            AgentConfig.from_dict(config["agent"], complete=True),
             int(config["action_dim"]),
             training=config.get("training"),
         )

@@ -56,7 +56,10 @@ def write_json(path: str | Path, value: Any, indent: int | None = 1) -> Path:
 
 
 def json_ready(value: Any) -> Any:
-    """Numbers as JSON can hold them: non-finite floats become None (JSON has no NaN)."""
+    """Values as JSON can hold them: non-finite floats become None (JSON has no NaN), numpy
+    scalars Python numbers, paths strings."""
+    if isinstance(value, Path):
+        return str(value)
     if isinstance(value, float | np.floating):
         return float(value) if math.isfinite(value) else None
     if isinstance(value, np.integer):

@@ -3,14 +3,20 @@ gradients averaged over processes) and optimiser state as safetensors + JSON (no
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from apv_hub.weights import CheckpointError
+from apv_hub.io import write_json
+from apv_hub.weights import CheckpointError, load_tensors, save_tensors
+
+OPTIMIZERS_FILE = "optimizers.safetensors"
+OPTIMIZERS_META = "optimizers.json"
 
 
 def make_adam(
@@ -123,3 +129,19 @@ def load_optimizers(
                 f"agent's has {own}: the checkpoint is from another architecture"
             )
         opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def save_optimizer_state(folder: Path, optimizers: Mapping[str, torch.optim.Optimizer]) -> None:
+    """Optimiser states as safetensors + JSON (no pickle)."""
+    tensors, meta = flatten_optimizers(dict(optimizers))
+    save_tensors(tensors, folder / OPTIMIZERS_FILE)
+    write_json(folder / OPTIMIZERS_META, meta)
+
+
+def load_optimizer_state(folder: Path, optimizers: Mapping[str, torch.optim.Optimizer]) -> None:
+    tensors, _ = load_tensors(folder / OPTIMIZERS_FILE)
+    try:
+        meta = json.loads((folder / OPTIMIZERS_META).read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{folder / OPTIMIZERS_META} cannot be read: {e}") from None
+    load_optimizers(dict(optimizers), tensors, meta, source=str(folder))

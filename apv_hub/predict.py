@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from apv_hub.cli import command
+from apv_hub.config_base import ConfigError
 from apv_hub.video_model import APVVideoModel
-from apv_hub.weights import CheckpointError
 
 # Frame colours (RGB) telling what a tile is: ground truth, context seen by the model, prediction.
 TRUTH_COLOUR = (255, 255, 255)
@@ -36,7 +37,7 @@ def open_loop(model: APVVideoModel, frames: Tensor, context: int) -> Tensor:
     """
     length = frames.shape[1]
     if not 0 < context < length:
-        raise ValueError(f"context must lie in [1, {length - 1}] for clips of {length} frames")
+        raise ConfigError(f"context must lie in [1, {length - 1}] for clips of {length} frames")
     device = next(model.parameters()).device
     return model.predict(frames[:, :context].to(device), horizon=length - context).cpu()
 
@@ -92,16 +93,18 @@ def read_clip(path: str | Path, size: int, start: int = 0, length: int | None = 
     """
     from apv_hub.data.video import center_crop, cover_size, decode_frames, open_reader
 
+    if not Path(path).is_file():
+        raise ConfigError(f"no video file at {path}")
     data = Path(path).read_bytes()
     reader = open_reader(data)
     total = len(reader)
     height, width = reader[0].shape[:2]
     del reader
     if not 0 <= start < total:
-        raise ValueError(f"{path} has {total} frames; --start {start} is outside it")
+        raise ConfigError(f"{path} has {total} frames; --start {start} is outside it")
     stop = total if length is None else start + length
     if stop > total:
-        raise ValueError(f"{path} has {total} frames; frames {start}..{stop - 1} do not fit")
+        raise ConfigError(f"{path} has {total} frames; frames {start}..{stop - 1} do not fit")
     frames = decode_frames(data, np.arange(start, stop), *cover_size(height, width, size, size))
     frames = center_crop(frames, size, size)
     return torch.from_numpy(np.ascontiguousarray(frames.transpose(0, 3, 1, 2)))
@@ -166,29 +169,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
+@command("apv-predict")
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        result = predict_video(
-            args.checkpoint,
-            args.video,
-            args.out,
-            context=args.context,
-            horizon=args.horizon,
-            start=args.start,
-            scale=args.scale,
-            fps=args.fps,
-            gif=not args.no_gif,
-        )
-    except (ValueError, OSError, CheckpointError) as e:
-        sys.exit(f"apv-predict: {e}")
+    result = predict_video(
+        args.checkpoint,
+        args.video,
+        args.out,
+        context=args.context,
+        horizon=args.horizon,
+        start=args.start,
+        scale=args.scale,
+        fps=args.fps,
+        gif=not args.no_gif,
+    )
     predicted = result.frames - result.context
     print(
         f"predicted {predicted} frames after {result.context} context frames "
         f"(open-loop MSE {result.mse:.4f} on [0, 1] pixels)"
     )
     print(f"video: {result.video}" + (f"\ngif:   {result.gif}" if result.gif else ""))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from apv_hub.errors import ApvHubError
 from apv_hub.io import write_atomic
 
 REQUIRED_KEYS = ("image", "action", "reward", "is_first", "is_last", "is_terminal")
@@ -47,7 +48,7 @@ INDEX_FILE = "replay.json"
 FORMAT_VERSION = 1
 
 
-class ReplayError(ValueError):
+class ReplayError(ApvHubError, ValueError):
     """A step, episode or saved buffer that does not fit the replay buffer's layout."""
 
 

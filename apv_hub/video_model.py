@@ -14,7 +14,7 @@ from huggingface_hub import ModelCard
 from torch import Tensor, nn
 
 from apv_hub.cards import VIDEO_MODEL_METADATA, video_model_card
-from apv_hub.config import APVConfig
+from apv_hub.config import METADATA_KEYS, APVConfig
 from apv_hub.hub import SafetensorsHubMixin
 from apv_hub.nets import (
     ConvDecoder,
@@ -158,8 +158,9 @@ class APVVideoModel(nn.Module, SafetensorsHubMixin, **VIDEO_MODEL_METADATA):
         }
 
     @classmethod
-    def from_config_dict(cls, config: dict[str, Any]) -> APVVideoModel:
-        return cls(APVConfig.from_json_dict(config), training=config.get("training"))
+    def from_config_dict(cls, data: dict[str, Any]) -> APVVideoModel:
+        config = APVConfig.from_dict(data, complete=True, ignore=METADATA_KEYS)
+        return cls(config, training=data.get("training"))
 
     def model_card(self, repo_id: str | None = None) -> ModelCard:
         return video_model_card(self, repo_id=repo_id)

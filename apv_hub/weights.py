@@ -14,12 +14,13 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from apv_hub.errors import ApvHubError
 from apv_hub.io import publish, temporary_path
 
 DIGEST_KEY = "apv_hub_sha256"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(ApvHubError, RuntimeError):
     """A checkpoint file that is missing, unreadable, corrupt, or does not fit the model."""
 
 

@@ -2,8 +2,8 @@
 
 Runs `apv_hub.training.finetune` for real (environment workers, replay, agent updates every
 ``train_every`` policy steps, evaluation and checkpoints only at the end) and reads the loop's
-own TensorBoard ``perf/env_steps_per_s`` records: the windows up to the prefill are
-random-action collection, the later ones collection + training.
+own ``perf/env_steps_per_s`` records (``metrics.json`` of the run): the windows up to the
+prefill are random-action collection, the later ones collection + training.
 
     PYTHONPATH=$PWD MUJOCO_GL=egl python benchmarks/bench_finetune.py --preset small \
         --env metaworld/drawer-open-v3 --steps 600 --prefill 500 --threads 2
@@ -24,15 +24,13 @@ from pathlib import Path
 import torch
 
 from apv_hub import APVVideoModel
-from apv_hub.training.finetune import FinetuneConfig, finetune
+from apv_hub.training.configs import FinetuneConfig
+from apv_hub.training.finetune import finetune
 
 
-def read_perf(tb_dir: Path) -> list[tuple[int, float]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(tb_dir))
-    events.Reload()
-    return [(e.step, e.value) for e in events.Scalars("perf/env_steps_per_s")]
+def read_perf(run: Path) -> list[tuple[int, float]]:
+    rows = json.loads((run / "metrics.json").read_text())
+    return [(row["env_steps"], row["perf/env_steps_per_s"]) for row in rows]
 
 
 def phase_rates(perf: list[tuple[int, float]], prefill_env_steps: int) -> dict[str, float]:
@@ -86,7 +84,7 @@ def main() -> None:
         start = time.perf_counter()
         finetune(config, tmp / "run")
         total = time.perf_counter() - start
-        perf = read_perf(tmp / "run" / "tb")
+        perf = read_perf(tmp / "run")
     cfg = config.agent
     result = {
         "preset": args.preset,

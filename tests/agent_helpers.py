@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 import torch
 from torch import Tensor
 
@@ -43,13 +40,3 @@ def snapshot(module: torch.nn.Module) -> dict[str, Tensor]:
 def changed(before: dict[str, Tensor], module: torch.nn.Module) -> set[str]:
     """Names of state-dict tensors that differ from ``before``."""
     return {k for k, v in module.state_dict().items() if not torch.equal(before[k], v)}
-
-
-@pytest.fixture(autouse=True)
-def single_thread() -> Iterator[None]:
-    """Run on one intra-op thread: these tensors are tiny, and on a loaded 2-core machine
-    two threads per op wait on each other (measured: one imagination update 2 s vs 0.025 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

@@ -54,6 +54,19 @@ os.environ.update(
 )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def single_thread() -> Iterator[None]:
+    """Every test runs on one intra-op thread: the tensors are tiny, and on a loaded 2-core
+    machine two threads per op wait on each other (measured: one imagination update 2 s vs
+    0.025 s); CPU results also depend on the thread count, and subprocess runs use one."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def local_hub() -> Iterator[LocalHub]:
     """The Hub server behind HF_ENDPOINT, shared by the whole session (use unique repo names)."""

@@ -19,7 +19,7 @@ import torch
 from gymnasium import spaces
 
 from apv_hub import APVConfig, APVVideoModel
-from apv_hub.training.finetune import FinetuneConfig
+from apv_hub.training.configs import FinetuneConfig
 
 SLIDE_ENV = "gym/tests.finetune_helpers:SlideToCenter-v0"
 

@@ -62,8 +62,8 @@ def tiny_args(data: Path | str, out: Path, steps: int, *extra: str) -> list[str]
 
 def checkpoint_tensors(folder: Path) -> dict[str, torch.Tensor]:
     """Model and optimiser tensors of a checkpoint folder, prefixed by file."""
-    model, _ = load_tensors(folder / "model.safetensors")
-    optimizer, _ = load_tensors(folder / "optimizer.safetensors")
+    model, _ = load_tensors(folder / "model" / "model.safetensors")
+    optimizer, _ = load_tensors(folder / "optimizers.safetensors")
     return {**{f"model/{k}": v for k, v in model.items()}, **optimizer}
 
 

@@ -15,13 +15,7 @@ from apv_hub.agent import TRAINING_STATE_NAME, APVAgent, make_optimizers
 from apv_hub.config import VARIANTS, AgentConfig
 from apv_hub.video_model import APVVideoModel
 from apv_hub.weights import CheckpointError
-from tests.agent_helpers import (  # noqa: F401
-    ACTION_DIM,
-    changed,
-    random_batch,
-    single_thread,
-    snapshot,
-)
+from tests.agent_helpers import ACTION_DIM, changed, random_batch, snapshot
 
 
 def tiny_agent(variant: str = "apv", **overrides) -> APVAgent:
@@ -178,7 +172,7 @@ def test_exact_resume_from_training_state(tmp_path: Path) -> None:
     agent.save_pretrained(tmp_path / "ckpt")
     agent.save_training_state(tmp_path / "ckpt", optimizers)
     assert (tmp_path / "ckpt" / TRAINING_STATE_NAME).is_file()
-    json.loads((tmp_path / "ckpt" / "training_state.json").read_text())
+    assert json.loads((tmp_path / "ckpt" / "training_state.json").read_text()) == {"updates": 3}
     for batch in batches[3:]:
         agent.update(batch, optimizers)
 

@@ -11,7 +11,7 @@ from scipy import stats
 from apv_hub.behavior import ActorCritic, TruncNormal, lambda_return
 from apv_hub.config import AgentConfig, BehaviorConfig
 from apv_hub.world_model import APVWorldModel
-from tests.agent_helpers import ACTION_DIM, random_batch, single_thread  # noqa: F401
+from tests.agent_helpers import ACTION_DIM, random_batch
 
 
 def test_lambda_return_matches_hand_computation() -> None:

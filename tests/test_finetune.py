@@ -26,12 +26,13 @@ from apv_hub.training.checkpoint import (
     latest_checkpoint,
     link_files,
     list_checkpoints,
-    save_run_checkpoint,
 )
-from apv_hub.training.finetune import FinetuneConfig, NonFiniteError, finetune, main
+from apv_hub.training.commands import finetune_main as main
+from apv_hub.training.configs import FinetuneConfig
+from apv_hub.training.finetune import finetune
 from apv_hub.training.logging import CurveWriter
+from apv_hub.training.run import NonFiniteError
 from apv_hub.weights import load_tensors
-from tests.agent_helpers import single_thread  # noqa: F401
 from tests.finetune_helpers import SLIDE_ENV, save_tiny_video_model, slide_config
 
 # Configs ---------------------------------------------------------------------------------------
@@ -74,7 +75,7 @@ def test_overrides_are_checked_and_configs_round_trip(tmp_path: Path) -> None:
     assert FinetuneConfig.load(tmp_path / "config.json") == config
     with pytest.raises(ConfigError, match="agent.world_model.free_natz.*free_nats"):
         config.override({"agent.world_model.free_natz": 1.0})
-    with pytest.raises(ConfigError, match="prefill takes a int"):
+    with pytest.raises(ConfigError, match="prefill takes an integer"):
         config.override({"prefill": "many"})
     with pytest.raises(ConfigError, match="video takes true or false"):
         config.override({"video": 1})
@@ -91,15 +92,19 @@ def test_command_line_help_and_resolved_config(capsys: pytest.CaptureFixture, tm
     text = capsys.readouterr().out
     for option in ("--pretrained", "--variant", "--resume", "--push-to-hub", "--set", "prefill"):
         assert option in text
-    main(
+    code = main(
         ["--env", "dmc/cartpole-swingup", "--out", str(tmp_path), "--variant", "dreamerv2"]
         + ["--seed", "4", "--set", "agent.behavior.horizon=7", "--print-config"]
     )
+    assert code == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["preset_name"] == "dmc" and printed["seed"] == 4
     assert printed["variant"] == "dreamerv2" and printed["agent"]["behavior"]["horizon"] == 7
-    with pytest.raises(SystemExit, match="unknown config key 'horizon'"):
-        main(["--env", "dmc/cartpole-swingup", "--out", str(tmp_path), "--set", "horizon=7"])
+    assert (
+        main(["--env", "dmc/cartpole-swingup", "--out", str(tmp_path), "--set", "horizon=7"]) == 2
+    )
+    error = capsys.readouterr().err
+    assert "unknown config key 'horizon'" in error and "agent.behavior.horizon" in error
 
 
 # Real short runs -------------------------------------------------------------------------------
@@ -117,19 +122,21 @@ def test_short_run_writes_checkpoint_curve_video_and_card(
 ) -> None:
     pretrained = save_tiny_video_model(tmp_path / "video")
     out = tmp_path / "run"
-    folder = main(
+    code = main(
         ["--env", env, "--preset", "tiny", "--pretrained", str(pretrained), "--out", str(out)]
         + [f"--set=env_options.{k}={v}" for k, v in options.items()]
         + ["--set", "total_env_steps=64", "--set", "prefill=16", "--set", "eval_every=32"]
-        + ["--set", "checkpoint_every=32", "--set", "log_every=16"]
+        + ["--set", "checkpoint_every=32", "--set", "log_every=16", "--no-progress"]
     )
-    config = FinetuneConfig.load(out / "config.json")
+    assert code == 0
+    folder = out / "model"
+    config = FinetuneConfig.load(out / "run_config.json")
     policy_steps_per_episode = options["episode_length"] // config.action_repeat
     # The curve: one evaluation at 32 env steps, one at the end.
-    rows = json.loads((out / "curve.json").read_text())
+    rows = json.loads((out / "eval.json").read_text())
     assert [r["env_steps"] for r in rows] == [32, 64]
     assert ("success_rate" in rows[0]) == success
-    assert (out / "curve.csv").read_text().splitlines()[0].startswith("env_steps,updates")
+    assert (out / "eval.csv").read_text().splitlines()[0].startswith("env_steps,updates")
     # The evaluation video: the single evaluation episode, every frame of it.
     videos = sorted((out / "videos").glob("eval-*.mp4"))
     assert len(videos) == len(rows)
@@ -140,9 +147,10 @@ def test_short_run_writes_checkpoint_curve_video_and_card(
     ckpts = list_checkpoints(out / "checkpoints")
     assert len(ckpts) == 2 and ckpts[-1][0] == rows[-1]["env_steps"]
     last = ckpts[-1][1]
-    state = json.loads((last / "run_state.json").read_text())["state"]
-    assert state["env_steps"] == ckpts[-1][0] and state["world_size"] == 1
-    assert (last / "agent" / "training_state.safetensors").is_file()
+    state = json.loads((last / "state.json").read_text())
+    assert state["trainer"]["counters"]["env_steps"] == ckpts[-1][0] and state["world_size"] == 1
+    assert (last / "optimizers.safetensors").is_file()
+    assert APVAgent.from_pretrained(last / "model").num_updates > 0
     assert "rng/torch" in load_tensors(last / "rank0.safetensors")[0]
     episodes = sorted((last / "replay-rank0" / "episodes").glob("*.npz"))
     assert episodes and len(load_episode(episodes[0])["reward"]) == policy_steps_per_episode + 1
@@ -185,15 +193,21 @@ def test_resume_equals_the_uninterrupted_run(tmp_path: Path) -> None:
         assert torch.equal(value, b.state_dict()[key]), key
     ckpt_a = latest_checkpoint(tmp_path / "whole" / "checkpoints")
     ckpt_b = latest_checkpoint(tmp_path / "split" / "checkpoints")
-    opt_a, _ = load_tensors(ckpt_a / "agent" / "training_state.safetensors")
-    opt_b, _ = load_tensors(ckpt_b / "agent" / "training_state.safetensors")
+    opt_a, _ = load_tensors(ckpt_a / "optimizers.safetensors")
+    opt_b, _ = load_tensors(ckpt_b / "optimizers.safetensors")
     assert opt_a.keys() == opt_b.keys()
     assert all(torch.equal(opt_a[k], opt_b[k]) for k in opt_a)
-    state_a = json.loads((ckpt_a / "run_state.json").read_text())["state"]
-    state_b = json.loads((ckpt_b / "run_state.json").read_text())["state"]
-    assert state_a == state_b
-    curve_a = json.loads((tmp_path / "whole" / "curve.json").read_text())
-    assert curve_a == json.loads((tmp_path / "split" / "curve.json").read_text())
+    state_a = json.loads((ckpt_a / "state.json").read_text())
+    state_b = json.loads((ckpt_b / "state.json").read_text())
+    assert state_a["trainer"] == state_b["trainer"]
+    assert state_a["curves"]["eval"] == state_b["curves"]["eval"]
+
+    def learning(rows: list[dict]) -> list[dict]:  # Without the timing columns.
+        return [{k: v for k, v in row.items() if not k.startswith("perf/")} for row in rows]
+
+    assert learning(state_a["curves"]["metrics"]) == learning(state_b["curves"]["metrics"])
+    curve_a = json.loads((tmp_path / "whole" / "eval.json").read_text())
+    assert curve_a == json.loads((tmp_path / "split" / "eval.json").read_text())
     assert [row["env_steps"] for row in curve_a] == [280, 560]
     replay_a = sorted(
         load_episode(p)["image"].sum() for p in (ckpt_a / "replay-rank0/episodes").iterdir()
@@ -202,25 +216,20 @@ def test_resume_equals_the_uninterrupted_run(tmp_path: Path) -> None:
         load_episode(p)["image"].sum() for p in (ckpt_b / "replay-rank0/episodes").iterdir()
     )
     assert replay_a == replay_b
-    # A resumed run keeps its config: only run-control keys may change.
-    with pytest.raises(SystemExit, match="agent.behavior.horizon"):
-        main(
-            ["--out", str(tmp_path / "split"), "--resume"]
-            + ["--config", str(tmp_path / "split" / "config.json")]
-            + ["--set", "agent.behavior.horizon=3"]
-        )
+    # A resumed run keeps its config: only schedule and output keys may change.
+    assert main(["--resume", str(tmp_path / "split"), "--set", "agent.behavior.horizon=3"]) == 2
 
 
 def test_non_finite_losses_are_reported_skipped_and_stop_the_run(tmp_path: Path) -> None:
     config = slide_config(
         prefill=40,
         pretrain_updates=4,
-        max_nonfinite_updates=3,
+        max_nonfinite_steps=3,
         **{"env_options.make_kwargs": {"nan_reward": True}},
     )
     with (
         pytest.warns(UserWarning, match="non-finite .*reward_loss"),
-        pytest.raises(NonFiniteError, match="3 non-finite updates in a row"),
+        pytest.raises(NonFiniteError, match=r"3 non-finite step\(s\) in a row"),
     ):
         finetune(config, tmp_path / "run")
 
@@ -233,7 +242,9 @@ def test_checkpoints_are_atomic_pruned_and_share_files(tmp_path: Path) -> None:
         (folder / "data.txt").write_text(folder.name)
 
     for step in (10, 20, 30):
-        save_run_checkpoint(tmp_path, step, write, keep=2)
+        tmp = begin_checkpoint(tmp_path, step)
+        write(tmp)
+        commit_checkpoint(tmp, keep=2)
     assert [s for s, _ in list_checkpoints(tmp_path)] == [20, 30]
     # A save that crashed half-way leaves a temporary folder that is never taken as a checkpoint.
     tmp = begin_checkpoint(tmp_path, 40)
@@ -290,18 +301,22 @@ def test_evaluate_command_loads_an_agent_pushed_to_the_local_hub(local_hub, tmp_
     )
     config = config.override({"video": True, "agent.batch_size": 4, "agent.seq_len": 8})
     config.save(tmp_path / "config.json")
-    main(
+    code = main(
         ["--config", str(tmp_path / "config.json"), "--out", str(tmp_path / "run")]
-        + ["--push-to-hub", repo_id]
+        + ["--push-to-hub", repo_id, "--no-progress"]
     )
+    assert code == 0
     from huggingface_hub import HfApi
 
     files = set(HfApi().list_repo_files(repo_id))
-    assert {"model.safetensors", "config.json", "README.md", "curve.csv", "eval.mp4"} <= files
+    expected = {"model.safetensors", "config.json", "README.md", "eval.csv", "eval.mp4"}
+    assert expected | {"run_config.json"} <= files
     out = tmp_path / "eval"
-    score = evaluate_main(
+    code = evaluate_main(
         ["--agent", repo_id, "--episodes", "3", "--num-envs", "2", "--out", str(out)]
     )
+    assert code == 0
+    score = json.loads((out / "score.json").read_text())
     # The environment and its options come from the agent's own fine-tuning record.
     assert score["env"] == SLIDE_ENV and score["env_options"]["episode_length"] == 20
     saved = json.loads((out / "score.json").read_text())
@@ -309,3 +324,26 @@ def test_evaluate_command_loads_an_agent_pushed_to_the_local_hub(local_hub, tmp_
     assert len(saved["return"]["per_episode"]) == 3 and saved["lengths"] == [20, 20, 20]
     reader = decord.VideoReader(str(out / "eval.mp4"))
     assert len(reader) == 21 and reader[0].shape == (32, 96, 3)
+
+
+def test_the_command_renders_headless_without_mujoco_gl_set(tmp_path: Path) -> None:
+    """On a machine without a display the command picks EGL itself (MUJOCO_GL unset)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if k not in ("MUJOCO_GL", "PYOPENGL_PLATFORM")}
+    env.pop("DISPLAY", None)
+    env["PYTHONPATH"] = str(root)
+    result = subprocess.run(
+        [sys.executable, str(root / "finetune.py"), "--env", "dmc/cartpole-balance"]
+        + ["--preset", "tiny", "--variant", "dreamerv2", "--out", str(tmp_path / "run")]
+        + ["--steps", "48", "--set", "env_options.episode_length=24", "--set", "prefill=16"]
+        + ["--set", "eval_every=48", "--no-progress"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "eval.json").read_text())[-1]["env_steps"] == 48

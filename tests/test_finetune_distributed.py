@@ -61,21 +61,22 @@ def test_two_processes_share_one_agent_and_count_steps_globally(tmp_path: Path) 
     steps = [s for s, _ in list_checkpoints(out / "checkpoints")]
     assert steps == [120, 240]
     last = out / "checkpoints" / f"ckpt-{steps[-1]:09d}"
-    ranks = [json.loads((last / f"rank{r}.json").read_text()) for r in (0, 1)]
+    ranks = [json.loads((last / f"loop-rank{r}.json").read_text()) for r in (0, 1)]
     # Written by each rank from inside its own process: the world it saw and its weights.
     assert [r["world_size"] for r in ranks] == [2, 2]
     assert ranks[0]["parameter_digest"] == ranks[1]["parameter_digest"]
     # Steps are global: each rank stepped its own environment for half of them (episodes of
     # 20 steps, plus a first step per episode in its replay).
-    state = json.loads((last / "run_state.json").read_text())["state"]
-    assert state["world_size"] == 2 and state["env_steps"] == state["policy_steps"] == 240
+    saved = json.loads((last / "state.json").read_text())
+    state = saved["trainer"]["counters"]
+    assert saved["world_size"] == 2 and state["env_steps"] == state["policy_steps"] == 240
     assert state["episodes"] == 240 // 20
     assert [r["replay_steps"] for r in ranks] == [120 + 6, 120 + 6]
     # Updates follow the global schedule: 2 when prefill ends, then one per 10 policy steps.
-    agent = APVAgent.from_pretrained(out / "agent")
+    agent = APVAgent.from_pretrained(out / "model")
     assert agent.num_updates == 2 + (240 - 80) // 10
     # Evaluation episodes were split over the ranks and gathered: three per curve row.
-    rows = json.loads((out / "curve.json").read_text())
+    rows = json.loads((out / "eval.json").read_text())
     assert [(r["env_steps"], r["eval_episodes"]) for r in rows] == [(120, 3), (240, 3)]
     # Only the main process wrote the run's records.
-    assert len(list((out / "tb").iterdir())) == 1
+    assert len(list((out / "logs").iterdir())) == 1

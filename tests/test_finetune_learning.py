@@ -11,7 +11,6 @@ from apv_hub import APVAgent
 from apv_hub.envs import make
 from apv_hub.evaluation.episodes import episode_seed, evaluate
 from apv_hub.training.finetune import finetune
-from tests.agent_helpers import single_thread  # noqa: F401
 from tests.finetune_helpers import SLIDE_ENV, slide_config
 
 EPISODES = 10

@@ -10,7 +10,6 @@ import torch
 
 from apv_hub.config import IntrinsicConfig
 from apv_hub.intrinsic import VideoIntrinsicBonus
-from tests.agent_helpers import single_thread  # noqa: F401
 
 FEAT_DIM = 12
 

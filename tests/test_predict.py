@@ -86,8 +86,8 @@ def test_predict_command_writes_truth_above_prediction(model, tmp_path, capsys):
     model, folder = model
     video = write_mp4(tmp_path / "clip.mp4", FRAMES.numpy().transpose(0, 2, 3, 1))
     out = tmp_path / "pred.mp4"
-    main([str(folder), str(video), "--out", str(out), "--context", "3", "--horizon", "5",
-          "--start", "2", "--scale", "1"])  # fmt: skip
+    assert main([str(folder), str(video), "--out", str(out), "--context", "3", "--horizon", "5",
+                 "--start", "2", "--scale", "1"]) == 0  # fmt: skip
     printed = capsys.readouterr().out
 
     clip = read_clip(video, 64, start=2, length=8)
@@ -111,21 +111,24 @@ def test_predict_loads_a_repo_id_from_the_hub(model, local_hub, tmp_path):
     model, _ = model
     model.push_to_hub("apv/predict-test")
     video = write_mp4(tmp_path / "clip.mp4", FRAMES.numpy().transpose(0, 2, 3, 1))
-    main(["apv/predict-test", str(video), "--out", str(tmp_path / "p.mp4"), "--no-gif"])
+    assert main(["apv/predict-test", str(video), "--out", str(tmp_path / "p.mp4"), "--no-gif"]) == 0
     assert frames_of(tmp_path / "p.mp4").shape == (20, 2 * 68 * 2, 68 * 2, 3)
     assert not (tmp_path / "p.gif").exists()
 
 
-def test_predict_errors_name_the_problem(model, tmp_path):
+def test_predict_errors_name_the_problem(model, tmp_path, capsys):
     _, folder = model
     video = write_mp4(tmp_path / "clip.mp4", FRAMES.numpy().transpose(0, 2, 3, 1))
 
     def refused(*args: str) -> str:
-        with pytest.raises(SystemExit) as stop:
-            main([*args, "--out", str(tmp_path / "x.mp4")])
-        return str(stop.value.code)
+        assert main([*args, "--out", str(tmp_path / "x.mp4")]) in (1, 2)
+        error = capsys.readouterr().err
+        assert error.startswith("apv-predict: error: ") and error.count("\n") == 1
+        return error
 
     assert "has 20 frames; --start 25" in refused(str(folder), str(video), "--start", "25")
     assert "do not fit" in refused(str(folder), str(video), "--horizon", "30")
     assert "context must lie in [1, 19]" in refused(str(folder), str(video), "--context", "20")
     assert "no checkpoint folder" in refused(str(tmp_path / "missing"), str(video))
+    assert "no video file at" in refused(str(folder), str(tmp_path / "missing.mp4"))
+    assert not (tmp_path / "x.mp4").exists()

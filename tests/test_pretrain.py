@@ -10,18 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from apv_hub import APVConfig, APVVideoModel, ConfigError
 from apv_hub.training.checkpoint import checkpoint_path, list_checkpoints
-from apv_hub.training.pretrain import (
-    CRASH_ENV,
-    CRASH_EXIT_CODE,
-    LOSS_TERMS,
-    PretrainConfig,
-    main,
-    parse_overrides,
-)
+from apv_hub.training.commands import pretrain_main as main
+from apv_hub.training.configs import PretrainConfig
+from apv_hub.training.pretrain import LOSS_TERMS
+from apv_hub.training.run import CRASH_ENV, CRASH_EXIT_CODE
 from apv_hub.weights import load_tensors, tensor_digest
 from tests.pretrain_helpers import (
     REPO_ROOT,
@@ -38,16 +33,6 @@ from tests.pretrain_helpers import (
 EXACT = ("--checkpoint-every", "4", "--log-every", "2", "--eval-every", "4")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread, as in the subprocess runs (OMP_NUM_THREADS=1): CPU results depend on
-    the thread count, and on a shared 2-core machine two threads can be 40x slower than one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     return build_squares_corpus(tmp_path_factory.mktemp("corpus") / "squares")
@@ -57,7 +42,10 @@ def corpus(tmp_path_factory):
 def straight_run(corpus, tmp_path_factory):
     """8 steps in one go: the reference for the resume and crash tests."""
     out = tmp_path_factory.mktemp("straight") / "run"
-    main(tiny_args(corpus, out, 8, *EXACT, "--num-workers", "0", "--keep-checkpoints", "0"))
+    assert (
+        main(tiny_args(corpus, out, 8, *EXACT, "--num-workers", "0", "--keep-checkpoints", "0"))
+        == 0
+    )
     return out
 
 
@@ -66,7 +54,10 @@ def test_short_run_on_the_sample_writes_checkpoint_logs_video_card_and_learns(tm
 
     out = tmp_path / "run"
     args = tiny_args("sample", out, 30, "--log-every", "5", "--eval-every", "15")
-    main([*args, "--checkpoint-every", "15", "--num-workers", "2", "--set", "lr=1e-3"])
+    assert (
+        main([*args, "--checkpoint-every", "15", "--num-workers", "2", "--set", "model.lr=1e-3"])
+        == 0
+    )
     printed = capsys.readouterr().out
 
     # Checkpoints every 15 steps, complete; the printed summary says where everything is.
@@ -101,16 +92,19 @@ def test_short_run_on_the_sample_writes_checkpoint_logs_video_card_and_learns(tm
     card = (out / "model" / "README.md").read_text()
     assert "Gradient steps: 30" in card
     assert f"Final loss (measured): {rows[-1]['train/loss']:.4g}" in card
-    assert "--data sample" in card and "--set lr=1e-3" in card
+    assert "--data sample" in card and "--set model.lr=1e-3" in card
     assert "- Data: apv-hub sample corpus (Meta-world scripted policies)" in card
     assert model.training_info["metrics"]["loss"] == rows[-1]["train/loss"]
 
 
 def test_resume_continues_exactly(straight_run, corpus, tmp_path):
     out = tmp_path / "run"
-    main(tiny_args(corpus, out, 4, *EXACT, "--num-workers", "0", "--keep-checkpoints", "0"))
+    assert (
+        main(tiny_args(corpus, out, 4, *EXACT, "--num-workers", "0", "--keep-checkpoints", "0"))
+        == 0
+    )
     assert [step for step, _ in list_checkpoints(out / "checkpoints")] == [4]
-    main(["--resume", str(out), "--steps", "8", "--no-progress"])
+    assert main(["--resume", str(out), "--steps", "8", "--no-progress"]) == 0
 
     for step in (4, 8):
         assert_same_tensors(
@@ -134,13 +128,16 @@ def test_crash_during_checkpoint_write_resumes_from_previous(straight_run, corpu
     killed = run_cli(args, env={CRASH_ENV: "8"})
     assert killed.returncode == CRASH_EXIT_CODE, killed.stderr[-2000:]
 
-    # The half-written checkpoint 8 never became one; checkpoint 4 is intact.
+    # The half-written checkpoint 8 never became one (the run state was not written yet);
+    # checkpoint 4 is intact.
     assert [step for step, _ in list_checkpoints(out / "checkpoints")] == [4]
     partial = checkpoint_path(out / "checkpoints", 8)
     partial = partial.with_name(f".{partial.name}.tmp")
-    assert sorted(p.name for p in partial.iterdir()) == ["model.safetensors"]
+    written = sorted(p.name for p in partial.iterdir())
+    assert "model" in written and "optimizers.safetensors" in written
+    assert "state.json" not in written
 
-    main(["--resume", str(out), "--no-progress"])
+    assert main(["--resume", str(out), "--no-progress"]) == 0
     assert [step for step, _ in list_checkpoints(out / "checkpoints")] == [4, 8]
     assert not partial.exists()
     assert_same_tensors(
@@ -187,7 +184,7 @@ def test_pushed_model_loads_back_by_repo_id(corpus, local_hub, tmp_path):
     out, notes = tmp_path / "run", tmp_path / "notes.md"
     notes.write_text("Pre-trained on moving squares for the tests.\n")
     args = tiny_args(corpus, out, 2, "--num-workers", "0", "--card-notes", str(notes))
-    main([*args, "--push-to-hub", "apv/pretrain-test"])
+    assert main([*args, "--push-to-hub", "apv/pretrain-test"]) == 0
     loaded = APVVideoModel.from_pretrained("apv/pretrain-test", cache_dir=tmp_path / "cache")
     local, _ = load_tensors(out / "model" / "model.safetensors")
     assert_same_tensors(loaded.state_dict(), local)
@@ -199,25 +196,28 @@ def test_pushed_model_loads_back_by_repo_id(corpus, local_hub, tmp_path):
     assert "## About this checkpoint\n\nPre-trained on moving squares for the tests." in card
 
 
-def test_non_finite_loss_stops_with_the_step(corpus, tmp_path):
+def test_non_finite_loss_stops_with_the_step(corpus, tmp_path, capsys):
     out = tmp_path / "run"
-    with pytest.raises(SystemExit) as stop:
-        main(tiny_args(corpus, out, 3, "--num-workers", "0", "--set", "image_loss_scale=inf"))
-    message = str(stop.value.code)
-    assert "non-finite training step 1 (of 3)" in message and "not applied" in message
+    # A finite weight so large that the loss overflows float32.
+    args = tiny_args(corpus, out, 3, "--num-workers", "0", "--set", "model.image_loss_scale=1e38")
+    assert main(args) == 1
+    message = capsys.readouterr().err
+    assert "non-finite training step 1 (of 3)" in message and "skipped" in message
+    assert "the last checkpoint is none yet" in message
     assert not list_checkpoints(out / "checkpoints")
 
 
 def test_init_starts_from_a_checkpoint(straight_run, corpus, tmp_path):
     out = tmp_path / "run"
     # With a zero learning rate the one step changes nothing: the result is the init weights.
-    main(
+    code = main(
         [
             "--data", str(corpus), "--out", str(out), "--init", str(straight_run / "model"),
-            "--steps", "1", "--set", "lr=0", "--eval-context", "3", "--eval-clips", "1",
+            "--steps", "1", "--set", "model.lr=0", "--eval-context", "3", "--eval-clips", "1",
             "--num-workers", "0", "--no-progress",
         ]
     )  # fmt: skip
+    assert code == 0
     start, _ = load_tensors(straight_run / "model" / "model.safetensors")
     after, _ = load_tensors(out / "model" / "model.safetensors")
     assert_same_tensors(after, start)
@@ -226,45 +226,44 @@ def test_init_starts_from_a_checkpoint(straight_run, corpus, tmp_path):
     assert PretrainConfig.load(out / "run_config.json").model.deter == 64  # tiny, from the init
 
 
-def test_run_config_round_trip_and_clear_errors(straight_run, corpus, tmp_path):
+def test_run_config_round_trip_and_clear_errors(straight_run, corpus, tmp_path, capsys):
     config = PretrainConfig.load(straight_run / "run_config.json")
     assert config.model == APVConfig.preset("tiny", batch_size=4, seq_len=8)
     assert (config.data, config.steps, config.checkpoint_every) == ([str(corpus)], 8, 4)
-    assert PretrainConfig.from_dict(config.to_dict()) == config
+    assert PretrainConfig.from_dict(config.to_dict(), complete=True) == config
     copy = tmp_path / "copy.json"
     config.save(copy)
     assert PretrainConfig.load(copy) == config
-
-    assert parse_overrides(["encoder_kernels=4,4,4,4", "gru_layer_norm=false"]) == {
-        "encoder_kernels": [4, 4, 4, 4],
-        "gru_layer_norm": False,
-    }
-    with pytest.raises(ConfigError, match="depth: not an APVConfig field"):
-        parse_overrides(["depth=3"])
-    with pytest.raises(ConfigError, match="deter=big: expected int"):
-        parse_overrides(["deter=big"])
     with pytest.raises(ConfigError, match="unknown PretrainConfig field"):
         PretrainConfig.from_dict({**config.to_dict(), "stpes": 3})
 
     def refused(argv: list[str]) -> str:
-        with pytest.raises(SystemExit) as stop:
-            main(argv)
-        return str(stop.value.code)
+        assert main(argv) == 2
+        return capsys.readouterr().err
 
     assert "cannot change seed" in refused(["--resume", str(straight_run), "--seed", "1"])
-    assert "already holds a run" in refused(tiny_args(corpus, straight_run, 8))
     assert "eval_context must lie in [1, seq_len - 1] = [1, 7]" in refused(
         tiny_args(corpus, tmp_path / "new", 8, "--eval-context", "8")
     )
     assert "--preset and --init" in refused(
         tiny_args(corpus, tmp_path / "new", 8, "--init", str(straight_run / "model"))
     )
-    assert "no run config at" in refused(["--resume", str(tmp_path / "nothing")])
+    assert "no run there" in refused(["--resume", str(tmp_path / "nothing")])
+    assert "did you mean model.deter?" in refused(
+        tiny_args(corpus, tmp_path / "new", 8, "--set", "deter=3")
+    )
+    assert "model.deter takes an integer, got 'big'" in refused(
+        tiny_args(corpus, tmp_path / "new", 8, "--set", "model.deter=big")
+    )
+    # A folder that holds a run is not overwritten (exit 1: not an argument error).
+    assert main(tiny_args(corpus, straight_run, 8)) == 1
+    assert "already holds a run" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
 
 
 def test_model_card_sources_train_what_they_describe(monkeypatch):
     from apv_hub.cards import KNOWN_CHECKPOINTS
-    from apv_hub.training.pretrain import build_parser, config_from_args
+    from apv_hub.training.commands import new_pretrain_config, pretrain_parser, resolve_run
 
     monkeypatch.chdir(REPO_ROOT)  # the commands run from the repository root
     cards = REPO_ROOT / "model_cards"
@@ -275,8 +274,8 @@ def test_model_card_sources_train_what_they_describe(monkeypatch):
         builds = [c for c in commands if any(a.startswith("dataset_scripts/") for a in c)]
         assert builds, f"{source.name} has no data-building command"
         [train] = [c for c in commands if "pretrain.py" in c]
-        args = build_parser().parse_args(train[train.index("pretrain.py") + 1 :])
-        config, _, resume = config_from_args(args)
+        args = pretrain_parser().parse_args(train[train.index("pretrain.py") + 1 :])
+        config, _, resume = resolve_run(args, PretrainConfig, new_pretrain_config(args.preset))
         assert not resume and config.push_to_hub == repo_id
         assert Path(config.card_notes) == Path("model_cards") / source.name
         assert "not yet" in source.read_text() or repo_id == "apv/sample"

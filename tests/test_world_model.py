@@ -12,7 +12,7 @@ from apv_hub.config import AgentConfig, ConfigError, WorldModelConfig
 from apv_hub.video_model import APVVideoModel
 from apv_hub.weights import CheckpointError
 from apv_hub.world_model import APVWorldModel
-from tests.agent_helpers import ACTION_DIM, random_batch, single_thread  # noqa: F401
+from tests.agent_helpers import ACTION_DIM, random_batch
 
 TINY = AgentConfig.preset("tiny")
 

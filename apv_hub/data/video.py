@@ -20,13 +20,14 @@ import av
 import decord
 import numpy as np
 
+from apv_hub.errors import ApvHubError
 from apv_hub.io import write_atomic
 
 # Frames are decoded in chunks when a whole video is verified, so memory stays bounded.
 _VERIFY_CHUNK = 64
 
 
-class VideoError(ValueError):
+class VideoError(ApvHubError, ValueError):
     """A video (or frame sequence) that cannot be used; the message is the reason."""
 
 

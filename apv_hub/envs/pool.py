@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from apv_hub.envs.base import Obs, PixelEnv
+from apv_hub.errors import ApvHubError
 
 EnvFactory = Callable[[int], PixelEnv]
 # Imported once by the forkserver process, so that forked workers start without re-importing
@@ -42,7 +43,7 @@ PRELOAD = ["apv_hub.envs.registry", "apv_hub.envs.dmc", "dm_control.suite", "met
 DEFAULT_START_METHOD = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
 
 
-class EnvError(RuntimeError):
+class EnvError(ApvHubError, RuntimeError):
     """An environment that cannot be built, or a pool used wrongly."""
 
 

@@ -4,7 +4,7 @@ One implementation serves the fine-tuning loop (evaluation every N environment s
 ``apv-evaluate`` command:
 
 ```bash
-apv-evaluate --agent runs/ft/agent --env metaworld/drawer-open-v3 --episodes 10 --out runs/eval
+apv-evaluate --agent runs/ft/model --env metaworld/drawer-open-v3 --episodes 10 --out runs/eval
 apv-evaluate --agent me/apv-drawer-open      # a Hub repo id; the environment the agent was
                                              # fine-tuned on is the default
 ```
@@ -20,7 +20,6 @@ confidence interval of the mean.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,7 +30,10 @@ import numpy as np
 import torch
 
 from apv_hub.agent import APVAgent
+from apv_hub.cli import command
+from apv_hub.config_base import ConfigError, parse_assignments
 from apv_hub.envs import EnvPool
+from apv_hub.io import write_json
 
 # Streams of `numpy.random.SeedSequence` entropy: evaluation seeds never equal training seeds.
 EVAL_STREAM = 1
@@ -200,38 +202,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_value(text: str) -> Any:
-    """A command-line value: JSON when it parses (numbers, true/false, null, lists), else text."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def parse_assignments(items: Sequence[str], what: str) -> dict[str, Any]:
-    """``["key=value", ...]`` -> {key: parsed value}, naming a malformed item."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"{what} {item!r} must look like KEY=VALUE")
-        out[key.strip()] = parse_value(value)
-    return out
-
-
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """The ``apv-evaluate`` command; returns the score it wrote."""
+@command("apv-evaluate")
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``apv-evaluate`` command: writes ``score.json`` (and ``eval.mp4``) under ``--out``."""
     from apv_hub.data.video import video_grid, write_video
-    from apv_hub.io import write_atomic
 
     args = build_parser().parse_args(argv)
     agent = APVAgent.from_pretrained(args.agent, revision=args.revision, map_location=args.device)
     finetune = agent.training_info.get("finetune", {})
     env = args.env or finetune.get("env")
     if not env:
-        raise SystemExit(f"{args.agent} does not record its environment: pass --env")
+        raise ConfigError(f"{args.agent} does not record its environment: pass --env")
     options = dict(finetune.get("env_options", {})) if env == finetune.get("env") else {}
-    options.update(parse_assignments(args.env_option, "--env-option"))
+    options.update(parse_assignments(args.env_option))
     episodes = args.episodes or (10 if env.startswith("metaworld/") else 1)
     record = 0 if args.no_video else min(args.video_episodes, episodes)
     score, results = evaluate(
@@ -249,13 +232,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if record:
         frames = video_grid([r.frames for r in results[:record]], columns=5)
         score["video"] = str(write_video(out / "eval.mp4", frames, fps=args.fps))
-    write_atomic(out / "score.json", (json.dumps(score, indent=1) + "\n").encode())
+    write_json(out / "score.json", score)
     line = f"{env}: return {score['return']['mean']:.2f} {score['return']['ci95']}"
     if "success_rate" in score:
         line += f", success rate {score['success_rate']['mean']:.2f}"
-    print(f"{line} over {episodes} episode(s); wrote {out / 'score.json'}", file=sys.stderr)
-    return score
+    print(f"{line} over {episodes} episode(s); wrote {out / 'score.json'}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

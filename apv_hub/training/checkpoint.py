@@ -7,8 +7,7 @@ leaves the previous checkpoints intact and never a half-written one that looks c
 
 Several processes can write into one checkpoint (e.g. each rank its replay buffer): the main
 process calls `begin_checkpoint`, every process writes into the returned folder, then the main
-process calls `commit_checkpoint` after a barrier. ``save_run_checkpoint`` does the single-process
-sequence in one call.
+process calls `commit_checkpoint` after a barrier (`apv_hub.training.run.Run.save_checkpoint`).
 
 Large immutable files (replay episodes) are shared between consecutive checkpoints by hard links
 (`link_files`), so a checkpoint costs only what changed since the previous one.
@@ -19,7 +18,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 PREFIX = "ckpt-"
@@ -78,15 +76,6 @@ def commit_checkpoint(tmp: str | Path, keep: int | None = None) -> Path:
     if keep is not None:
         prune_checkpoints(final.parent, keep)
     return final
-
-
-def save_run_checkpoint(
-    directory: str | Path, step: int, write: Callable[[Path], None], keep: int | None = None
-) -> Path:
-    """Write a checkpoint in one process: ``write(folder)`` fills it, then it is published."""
-    tmp = begin_checkpoint(directory, step)
-    write(tmp)
-    return commit_checkpoint(tmp, keep)
 
 
 def prune_checkpoints(directory: str | Path, keep: int) -> None:

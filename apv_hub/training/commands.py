@@ -1,0 +1,276 @@
+"""The command lines of the trainers: ``apv-pretrain`` and ``apv-finetune``.
+
+Both speak one grammar:
+
+- a new run: ``--out RUN`` plus options; ``--config FILE`` starts from a saved
+  ``run_config.json`` instead of a preset;
+- a resumed run: ``--resume RUN`` continues with the config saved in RUN; only schedule and
+  output keys may change (``--steps``, ``--log-every``, ``--push-to-hub``, ...);
+- ``--set KEY=VALUE`` sets any config key (dotted for sections: ``model.lr``,
+  ``agent.behavior.horizon``); VALUE is JSON or a bare string; the flags of common keys are
+  generated from the config classes, so ``--steps`` and ``--set steps=`` are the same thing;
+- ``--print-config`` prints the resolved config and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from apv_hub.cli import (
+    add_config_flags,
+    add_set_flag,
+    command,
+    command_line,
+    config_assignments,
+    fields_epilog,
+)
+from apv_hub.config import METADATA_KEYS, VARIANTS, APVConfig
+from apv_hub.config_base import Config, ConfigError, read_json_object, text_list
+from apv_hub.training.configs import (
+    VARIANT_ALIASES,
+    FinetuneConfig,
+    PretrainConfig,
+    default_preset,
+)
+from apv_hub.training.run import RunPaths, resume_config
+
+PRETRAIN_FLAGS = {
+    "--data": "data",
+    "--weights": "weights",
+    "--stride": "stride",
+    "--num-workers": "num_workers",
+    "--short-videos": "short_videos",
+    "--resize": "resize",
+    "--init": "init",
+    "--batch-size": "model.batch_size",
+    "--seq-len": "model.seq_len",
+    "--steps": "steps",
+    "--seed": "seed",
+    "--precision": "precision",
+    "--compile": "compile",
+    "--log-every": "log_every",
+    "--eval-every": "eval_every",
+    "--eval-clips": "eval_clips",
+    "--eval-context": "eval_context",
+    "--checkpoint-every": "checkpoint_every",
+    "--keep-checkpoints": "keep_checkpoints",
+    "--push-to-hub": "push_to_hub",
+    "--private": "private",
+    "--card-notes": "card_notes",
+}
+FINETUNE_FLAGS = {
+    "--env": "env",
+    "--pretrained": "pretrained",
+    "--variant": "variant",
+    "--steps": "total_env_steps",
+    "--seed": "seed",
+    "--num-envs": "num_envs",
+    "--precision": "precision",
+    "--log-every": "log_every",
+    "--eval-every": "eval_every",
+    "--eval-episodes": "eval_episodes",
+    "--checkpoint-every": "checkpoint_every",
+    "--push-to-hub": "push_to_hub",
+    "--private": "private",
+    "--card-notes": "card_notes",
+}
+
+
+def run_parser(
+    prog: str,
+    description: str,
+    config_class: type[Config],
+    flags: dict[str, str],
+    presets: str,
+) -> argparse.ArgumentParser:
+    """A trainer's parser: the run options every trainer has, then its config flags."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=fields_epilog(config_class, "Config keys for --set (defaults before presets):"),
+    )
+    run = parser.add_argument_group("run")
+    run.add_argument("--out", metavar="RUN_DIR", help="folder of a new run")
+    resumable = ", ".join(sorted(config_class.resumable_keys()))
+    run.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help=f"continue the run in RUN_DIR with its saved config (only {resumable} may change)",
+    )
+    run.add_argument("--config", metavar="FILE", help="start a new run from a run_config.json")
+    run.add_argument("--preset", help=presets)
+    add_set_flag(run)
+    run.add_argument("--print-config", action="store_true", help="print the config and exit")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_config_flags(parser.add_argument_group("options"), config_class, flags)
+    return parser
+
+
+def resolve_run(
+    args: argparse.Namespace,
+    config_class: type[Config],
+    new_config: Callable[[dict[str, Any]], Config],
+) -> tuple[Config, Path, bool]:
+    """(config, run folder, resume?) from the command line. ``new_config(assignments)`` builds
+    a new run's base config (a preset) and may consume assignments it applies itself."""
+    assignments = config_assignments(args)
+    if args.resume:
+        extra = [f for f in ("out", "config", "preset") if getattr(args, f)]
+        if extra:
+            raise ConfigError(
+                f"--resume continues a run with its saved config; drop --{', --'.join(extra)}"
+            )
+        run = Path(args.resume)
+        saved = config_class.load(RunPaths(run).config) if RunPaths(run).config.is_file() else None
+        if saved is None:
+            raise ConfigError(f"--resume {run}: no run there (no {RunPaths(run).config.name})")
+        return resume_config(saved, assignments, run), run, True
+    if not args.out:
+        raise ConfigError("--out RUN_DIR is required for a new run (or --resume RUN_DIR)")
+    if args.config:
+        if args.preset:
+            raise ConfigError("--config holds a whole config; it excludes --preset")
+        base = config_class.load(args.config)
+    else:
+        base = new_config(assignments)
+    return base.override(assignments, from_text=True), Path(args.out), False
+
+
+def print_config(config: Config) -> None:
+    print(json.dumps(config.to_dict(), indent=2))
+
+
+# apv-pretrain ----------------------------------------------------------------------------------
+
+
+def pretrain_parser() -> argparse.ArgumentParser:
+    parser = run_parser(
+        "apv-pretrain",
+        "Action-free pre-training of an APV video model on video corpora. Run it with python, "
+        "`accelerate launch` or `torchrun --nproc_per_node N`.",
+        PretrainConfig,
+        PRETRAIN_FLAGS,
+        f"model preset: {', '.join(APVConfig.PRESETS)} (default small); excludes --init",
+    )
+    parser.add_argument(
+        "--debug-dump",
+        metavar="DIR",
+        help="write per-process parameter digests and clip ids there (tests and debugging)",
+    )
+    return parser
+
+
+def new_pretrain_config(preset: str | None) -> Callable[[dict[str, Any]], Config]:
+    def build(assignments: dict[str, Any]) -> Config:
+        if "data" not in assignments:
+            raise ConfigError("--data is required: corpus folders, Hub dataset ids, or 'sample'")
+        init = assignments.get("init")
+        if init is not None and preset is not None:
+            raise ConfigError("--preset and --init exclude each other: --init fixes the model")
+        model = init_model_config(init) if init else APVConfig.preset(preset or "small")
+        return PretrainConfig(data=text_list(assignments["data"]), model=model)
+
+    return build
+
+
+def init_model_config(init: str) -> APVConfig:
+    """The APVConfig of the checkpoint (folder or repo id) a run starts from."""
+    from apv_hub.hub import CONFIG_NAME, resolve_file
+
+    path = resolve_file(init, CONFIG_NAME)
+    return APVConfig.from_dict(read_json_object(path), complete=True, ignore=METADATA_KEYS)
+
+
+@command("apv-pretrain")
+def pretrain_main(argv: Sequence[str] | None = None) -> int:
+    """``apv-pretrain`` / ``python pretrain.py``: see ``--help``."""
+    from apv_hub.training.pretrain import pretrain
+
+    args = pretrain_parser().parse_args(argv)
+    config, out, resume = resolve_run(args, PretrainConfig, new_pretrain_config(args.preset))
+    if args.print_config:
+        print_config(config)
+        return 0
+    result = pretrain(
+        config,
+        out,
+        resume=resume,
+        command=command_line("apv-pretrain", argv),
+        progress=not args.no_progress,
+        debug_dump=args.debug_dump,
+    )
+    if int(os.environ.get("RANK", "0")) == 0:
+        rate = result.steps / result.seconds if result.seconds else float("nan")
+        losses = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items())
+        lines = [
+            f"pre-training finished: {result.steps} steps, this session {result.seconds:.0f} s "
+            f"({rate:.2f} steps/s)",
+            f"  final (measured): {losses}",
+            f"  checkpoint:  {result.checkpoint}",
+            f"  model+card:  {result.model_dir} (README.md is the model card)",
+        ]
+        if result.video is not None:
+            lines.append(
+                f"  prediction:  {result.video} (+ {result.video.with_suffix('.gif').name})"
+            )
+        lines.append(f"  TensorBoard: tensorboard --logdir {result.out / 'logs'}")
+        print("\n".join(lines))
+    return 0
+
+
+# apv-finetune ----------------------------------------------------------------------------------
+
+
+def finetune_parser() -> argparse.ArgumentParser:
+    aliases = ", ".join(f"{k.replace('_', '-')}={v}" for k, v in VARIANT_ALIASES.items())
+    parser = run_parser(
+        "apv-finetune",
+        "Fine-tune an APV agent (or a baseline) on an environment, from a pre-trained action-free "
+        "video model. Launch with torchrun / accelerate launch for several processes. Variants: "
+        f"{', '.join(VARIANTS)} (aliases: {aliases}).",
+        FinetuneConfig,
+        FINETUNE_FLAGS,
+        "metaworld and dmc reproduce the paper (REFERENCE section 2), small is the Meta-world "
+        "recipe at CPU scale, tiny is for tests (default: metaworld for metaworld/ "
+        "environments, dmc otherwise)",
+    )
+    return parser
+
+
+def new_finetune_config(preset: str | None) -> Callable[[dict[str, Any]], Config]:
+    def build(assignments: dict[str, Any]) -> Config:
+        env = assignments.get("env")
+        if not env:
+            raise ConfigError("--env is required for a new run (or --config FILE)")
+        variant = assignments.get("variant", "apv")
+        return FinetuneConfig.preset(preset or default_preset(str(env)), str(variant), env=env)
+
+    return build
+
+
+@command("apv-finetune")
+def finetune_main(argv: Sequence[str] | None = None) -> int:
+    """``apv-finetune`` / ``python finetune.py``: see ``--help``."""
+    from apv_hub.training.finetune import finetune
+
+    args = finetune_parser().parse_args(argv)
+    config, out, resume = resolve_run(args, FinetuneConfig, new_finetune_config(args.preset))
+    if args.print_config:
+        print_config(config)
+        return 0
+    result = finetune(
+        config,
+        out,
+        resume=resume,
+        command=command_line("apv-finetune", argv),
+        progress=not args.no_progress,
+    )
+    if result is not None:
+        print(f"fine-tuning finished: the agent and its card are in {result}")
+    return 0

@@ -1,0 +1,552 @@
+"""The run layer every trainer uses: one run folder, one resume, one checkpoint format.
+
+A trainer builds a `Run` for its config and output folder and keeps only its loop; the run owns
+the rest:
+
+- the accelerator and precision (`make_accelerator`), processes and collectives;
+- the run folder, its lock (a second writer is refused; a killed writer's lock is released by the
+  operating system) and its vocabulary (`RunPaths`)::
+
+      run_config.json          the run's config (``--resume RUN`` continues with it)
+      checkpoints/ckpt-<step>/ atomic checkpoints: what the trainer writes (model/, optimisers,
+                               replay, ...), rank<r>.safetensors/json (RNG and per-process
+                               state), state.json (counters, curves, commands) written last
+      logs/                    TensorBoard
+      metrics.csv, .json       the training log, one row per log interval
+      eval.csv, .json          the evaluation curve, one row per evaluation
+      videos/                  evaluation videos
+      model/                   the final model (save_pretrained folder with its card)
+      summary.json             what the finished run produced
+
+- resume (`resume_config`: only schedule and output fields may change; `Run.restore`: the newest
+  checkpoint that loads, falling back to older ones when newer are damaged, and saying so);
+- RNG state per process (torch, CUDA and the trainer's numpy generators) in every checkpoint;
+- the non-finite policy (`NonFiniteGuard`), metric windows reduced over steps and processes only
+  at log time (`MetricWindow`), the progress bar, the recorded command lines, the Hub push.
+
+Every process of a multi-process run builds the Run; only the main one writes shared files.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from apv_hub.cli import command_line
+from apv_hub.config_base import Config, ConfigError, option
+from apv_hub.errors import ApvHubError
+from apv_hub.io import json_ready, write_json
+from apv_hub.seeding import load_rng_state, save_rng_state
+from apv_hub.training.checkpoint import (
+    begin_checkpoint,
+    checkpoint_path,
+    commit_checkpoint,
+    list_checkpoints,
+)
+from apv_hub.training.logging import CurveWriter, ScalarLogger
+from apv_hub.weights import CheckpointError
+
+PRECISIONS = ("auto", "fp32", "bf16")
+STATE_FILE = "state.json"
+# Test seam: a process whose environment sets CRASH_ENV to a step number exits (os._exit, no
+# clean-up) after the trainer's files of that step's checkpoint are written and before the run
+# state is, as a killed process would.
+CRASH_ENV = "APV_HUB_CRASH_IN_CHECKPOINT"
+CRASH_EXIT_CODE = 70
+
+
+class RunExistsError(ApvHubError, FileExistsError):
+    """The output folder already holds a run (continue it with --resume)."""
+
+
+class RunLockedError(ApvHubError):
+    """Another process is writing the run folder."""
+
+
+class NonFiniteError(ApvHubError, FloatingPointError):
+    """Training produced non-finite values for more steps in a row than allowed."""
+
+
+class RunConfig(Config):
+    """The fields every run has, whatever it trains."""
+
+    seed: int = option(0, "seeds initialisation, data, exploration and evaluation")
+    precision: str = option(
+        "auto", "auto (bf16 on GPUs that support it, else fp32), fp32 or bf16 (autocast)"
+    )
+    log_every: int = option(100, "steps between log rows", resumable=True)
+    checkpoint_every: int = option(5000, "steps between checkpoints", resumable=True)
+    keep_checkpoints: int = option(3, "newest checkpoints kept (0: all)", resumable=True)
+    max_nonfinite_steps: int = option(
+        1,
+        "consecutive steps with a non-finite loss or gradient (each skipped) before the run stops",
+        resumable=True,
+    )
+    push_to_hub: str | None = option(
+        None, "Hub repo id the final model is pushed to", resumable=True
+    )
+    private: bool = option(False, "create that Hub repo as private", resumable=True)
+    card_notes: str | None = option(
+        None, "markdown file whose text the model card includes (model_cards/)", resumable=True
+    )
+
+    def validate(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        for name in ("log_every", "checkpoint_every", "max_nonfinite_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.keep_checkpoints < 0:
+            raise ConfigError(f"keep_checkpoints must not be negative, got {self.keep_checkpoints}")
+        if self.card_notes is not None and not Path(self.card_notes).is_file():
+            raise ConfigError(f"card_notes: no file at {self.card_notes}")
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where a run writes (see the module doc)."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "run_config.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def videos(self) -> Path:
+        return self.root / "videos"
+
+    @property
+    def model(self) -> Path:
+        return self.root / "model"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / ".lock"
+
+
+def make_accelerator(precision: str = "auto") -> Any:
+    """An ``accelerate.Accelerator``: the GPU when there is one (bf16 autocast for ``auto`` where
+    supported), else the CPU in fp32 (``bf16`` is honoured there too, slowly); several processes
+    when launched by torchrun or accelerate launch."""
+    from accelerate import Accelerator
+
+    cuda = torch.cuda.is_available()
+    if precision == "auto":
+        precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+    if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        raise ConfigError("precision bf16: this GPU does not support bfloat16; use fp32")
+    return Accelerator(cpu=not cuda, mixed_precision="bf16" if precision == "bf16" else "no")
+
+
+def resume_config(saved: Config, assignments: Mapping[str, Any], run: Path) -> Config:
+    """The saved config of ``run`` with command-line ``assignments`` applied, refusing any that
+    change a field that is not resumable (schedule and outputs may change, the learning not)."""
+    config = saved.override(assignments, from_text=True)
+    before, after = saved.flat(), config.flat()
+    allowed = saved.resumable_keys()
+    changed = sorted(k for k in before if before[k] != after[k] and k not in allowed)
+    if changed:
+        raise ConfigError(
+            f"--resume {run} continues the run as configured; it cannot change "
+            f"{', '.join(changed)} (only {', '.join(sorted(allowed))})"
+        )
+    return config
+
+
+class RunLock:
+    """An exclusive lock on a run folder held while a process writes it.
+
+    ``flock`` locks die with their process, so the lock of a killed run never blocks its
+    resume; the file names the holder for the message a second writer gets."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.file: Any = None
+
+    def acquire(self) -> None:
+        self.file = open(self.path, "a+")  # noqa: SIM115 (held until release)
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "another process"
+            self.file.close()
+            self.file = None
+            raise RunLockedError(
+                f"{self.path.parent} is being written by {holder}; wait for it to finish or stop "
+                "it, or choose another --out"
+            ) from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"process {os.getpid()} on {os.uname().nodename}\n")
+        self.file.flush()
+
+    def release(self) -> None:
+        if self.file is not None:
+            fcntl.flock(self.file, fcntl.LOCK_UN)
+            self.file.close()
+            self.file = None
+
+
+class MetricWindow:
+    """Per-step metrics (floats or 0-dim tensors, kept on their device: no host sync per step)
+    since the last log row; `Run.reduce` averages the finite ones over steps and processes."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, list[float | Tensor]] = {}
+        self.steps = 0
+        self.start = time.perf_counter()
+        self.data_seconds = 0.0
+
+    def add(self, metrics: Mapping[str, float | Tensor]) -> None:
+        for key, value in metrics.items():
+            self.values.setdefault(key, []).append(value)
+        self.steps += 1
+
+    def local_sums(self) -> tuple[list[str], Tensor]:
+        """(keys, float64 [K, 2]: sum of the finite values, how many were finite)."""
+        keys = sorted(self.values)
+        rows = []
+        for key in keys:
+            values = torch.stack(
+                [torch.as_tensor(v).detach().double().cpu() for v in self.values[key]]
+            )
+            finite = torch.isfinite(values)
+            rows.append(torch.stack([values.where(finite, 0.0).sum(), finite.sum().double()]))
+        return keys, torch.stack(rows) if rows else torch.zeros(0, 2, dtype=torch.float64)
+
+
+class NonFiniteGuard:
+    """Counts consecutive non-finite steps (each one skipped by the optimiser step) and stops the
+    run when there are more than ``limit`` in a row, naming the step and the last checkpoint."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.consecutive = 0
+        self.total = 0
+
+    def observe(self, finite: bool, where: str, detail: str, checkpoint: Path | None) -> None:
+        if finite:
+            self.consecutive = 0
+            return
+        self.total += 1
+        self.consecutive += 1
+        message = f"non-finite {where}: {detail}; the step was skipped"
+        if self.consecutive >= self.limit:
+            raise NonFiniteError(
+                f"{message}. {self.consecutive} non-finite step(s) in a row "
+                f"(max_nonfinite_steps={self.limit}): training stopped; the last checkpoint is "
+                f"{checkpoint or 'none yet'}. Lower the learning rate (--set ...lr=...), check "
+                "the data, or train in fp32 (--precision fp32)."
+            )
+        warnings.warn(message, stacklevel=3)
+
+
+class Run:
+    """One run folder being trained (see the module doc).
+
+    Args:
+        config: the run's config (a `RunConfig`), saved as ``run_config.json``.
+        out: the run folder.
+        resume: continue the run in ``out`` (its config must be the one saved there, see
+            `resume_config`); else ``out`` must not hold a run yet.
+        command: the command line, recorded with every command that trained the run.
+        accelerator: an ``accelerate.Accelerator`` (default: `make_accelerator`).
+        progress: show a progress bar (main process).
+        step_name: the name of the trainer's x axis in the curves (``step``, ``env_steps``).
+    """
+
+    def __init__(
+        self,
+        config: RunConfig,
+        out: str | Path,
+        *,
+        resume: bool = False,
+        command: str | None = None,
+        accelerator: Any = None,
+        progress: bool = True,
+        step_name: str = "step",
+    ) -> None:
+        self.config, self.paths, self.progress = config, RunPaths(Path(out)), progress
+        self.step_name = step_name
+        self.accelerator = accelerator or make_accelerator(config.precision)
+        acc = self.accelerator
+        self.rank, self.world_size, self.is_main = (
+            acc.process_index,
+            acc.num_processes,
+            acc.is_main_process,
+        )
+        self.commands = [command or command_line("apv-hub", None)]
+        self.elapsed = 0.0
+        self.checkpoint: Path | None = None
+        self.logger: ScalarLogger | None = None
+        self.metrics = CurveWriter(self.paths.root, stem="metrics") if self.is_main else None
+        self.evals = CurveWriter(self.paths.root, stem="eval") if self.is_main else None
+        self.lock = RunLock(self.paths.lock)
+        self.session_start = time.perf_counter()
+        self._open_folder(resume)
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    def _open_folder(self, resume: bool) -> None:
+        paths = self.paths
+        exists = paths.config.exists()
+        if resume and not exists:
+            raise ConfigError(f"--resume {paths.root}: no run there (no {paths.config.name})")
+        if not resume and exists:
+            raise RunExistsError(
+                f"{paths.root} already holds a run; continue it with --resume {paths.root} "
+                "or choose another --out"
+            )
+        # Every process has looked before the main one writes.
+        self.accelerator.wait_for_everyone()
+        if self.is_main:
+            paths.root.mkdir(parents=True, exist_ok=True)
+            self.lock.acquire()
+            # A resumed run's schedule changes (--steps ...) hold for later resumes too.
+            self.config.save(paths.config)
+
+    # Resume and checkpoints --------------------------------------------------------------------
+
+    def restore(
+        self,
+        load: Callable[[Path, dict[str, Any]], None],
+        generators: Mapping[str, np.random.Generator] | None = None,
+    ) -> dict[str, Any] | None:
+        """Load the newest checkpoint that loads with ``load(folder, trainer_state)`` and restore
+        the random state (``generators`` too); a damaged checkpoint is reported and the previous
+        one tried. Returns the trainer state saved with it, or None for a fresh run; opens the
+        logs either way."""
+        state = None
+        for step, folder in reversed(list_checkpoints(self.paths.checkpoints)):
+            try:
+                saved = json.loads((folder / STATE_FILE).read_text())
+                self._check_world_size(folder, saved)
+                load(folder, saved["trainer"])
+                load_rng_state(folder, self.rank, generators)
+            except ConfigError:
+                raise
+            except (CheckpointError, OSError, ValueError, KeyError) as e:
+                warnings.warn(
+                    f"checkpoint {folder} cannot be loaded ({e}); trying the one before it",
+                    stacklevel=2,
+                )
+                continue
+            state, self.checkpoint = saved, folder
+            self.commands = saved["commands"] + self.commands
+            self.elapsed = saved["elapsed"]
+            self._print(f"resuming {self.paths.root} from step {step} ({folder.name})")
+            break
+        else:
+            if list_checkpoints(self.paths.checkpoints):
+                raise CheckpointError(
+                    f"no checkpoint of {self.paths.root} can be loaded (see the warnings above)"
+                )
+        if self.is_main:
+            curves = state["curves"] if state else {"metrics": [], "eval": []}
+            self.metrics.reset(curves["metrics"])
+            self.evals.reset(curves["eval"])
+            self.logger = ScalarLogger(self.paths.logs, purge_step=state["step"] if state else None)
+            self.logger.text(
+                "config", f"```json\n{json.dumps(self.config.to_dict(), indent=2)}\n```"
+            )
+            self.logger.text("command", self.commands[-1], state["step"] if state else 0)
+        return state["trainer"] if state else None
+
+    def _check_world_size(self, folder: Path, saved: dict[str, Any]) -> None:
+        if saved["world_size"] != self.world_size:
+            raise ConfigError(
+                f"{folder} was written by a run of {saved['world_size']} process(es); resume it "
+                f"with as many (data positions, replay and RNG streams are per process), not "
+                f"{self.world_size}"
+            )
+
+    def save_checkpoint(
+        self,
+        step: int,
+        write: Callable[[Path], None],
+        trainer_state: dict[str, Any],
+        generators: Mapping[str, np.random.Generator] | None = None,
+    ) -> Path:
+        """Write checkpoint ``step`` atomically; every process calls this.
+
+        ``write(folder)`` writes this process's files (the main process the model and
+        optimisers, every process its own per-process files); the run adds each process's RNG
+        state (torch, CUDA, ``generators``) and, last, ``state.json`` with ``trainer_state``."""
+        if self.is_main:
+            begin_checkpoint(self.paths.checkpoints, step)
+        self.accelerator.wait_for_everyone()
+        final = checkpoint_path(self.paths.checkpoints, step)
+        tmp = final.with_name(f".{final.name}.tmp")
+        write(tmp)
+        save_rng_state(tmp, self.rank, generators or {})
+        self.accelerator.wait_for_everyone()
+        if os.environ.get(CRASH_ENV) == str(step):
+            os._exit(CRASH_EXIT_CODE)
+        if self.is_main:
+            state = {
+                "step": step,
+                "world_size": self.world_size,
+                "commands": self.commands,
+                "elapsed": self.elapsed + self.session_seconds(),
+                "curves": {"metrics": self.metrics.rows, "eval": self.evals.rows},
+                "trainer": trainer_state,
+            }
+            write_json(tmp / STATE_FILE, state)
+            self.config.save(tmp / self.paths.config.name)
+            commit_checkpoint(tmp, keep=self.config.keep_checkpoints or None)
+        self.accelerator.wait_for_everyone()
+        self.checkpoint = final
+        return final
+
+    def session_seconds(self) -> float:
+        return time.perf_counter() - self.session_start
+
+    # Records -----------------------------------------------------------------------------------
+
+    def reduce(self, window: MetricWindow) -> dict[str, float]:
+        """Means of the finite per-step values of ``window`` over steps and processes."""
+        keys, sums = window.local_sums()
+        if self.world_size > 1:
+            sums = self.accelerator.reduce(sums.to(self.device), reduction="sum").cpu()
+        return {
+            k: float(s / n) if n else float("nan")
+            for k, (s, n) in zip(keys, sums.tolist(), strict=True)
+        }
+
+    def log(self, step: int, row: Mapping[str, Any], curve: str = "metrics") -> None:
+        """Main process: one row of the ``metrics`` (training log) or ``eval`` curve, also to
+        TensorBoard (each numeric value under its key)."""
+        if not self.is_main:
+            return
+        row = json_ready(dict(row))
+        (self.metrics if curve == "metrics" else self.evals).append({self.step_name: step, **row})
+        numbers = {
+            k: v for k, v in row.items() if isinstance(v, int | float) and not isinstance(v, bool)
+        }
+        self.logger.log(step, numbers, prefix="" if curve == "metrics" else curve)
+
+    def progress_bar(self, total: int, initial: int, desc: str, unit: str = "step") -> Any:
+        from tqdm.auto import tqdm
+
+        return tqdm(
+            total=total,
+            initial=initial,
+            desc=desc,
+            unit=unit,
+            disable=not (self.is_main and self.progress),
+            dynamic_ncols=True,
+            smoothing=0.05,
+        )
+
+    def _print(self, message: str) -> None:
+        if self.is_main:
+            print(f"apv-hub: {message}", flush=True)
+
+    # Collectives (no-ops in one process) -------------------------------------------------------
+
+    def all_sum(self, values: list[int]) -> list[int]:
+        if self.world_size == 1:
+            return list(values)
+        tensor = torch.tensor(values, dtype=torch.long, device=self.device)
+        return [int(v) for v in self.accelerator.reduce(tensor, reduction="sum")]
+
+    def gather(self, items: list[Any]) -> list[Any]:
+        if self.world_size == 1:
+            return list(items)
+        from accelerate.utils import gather_object
+
+        return gather_object(list(items))
+
+    def barrier(self) -> None:
+        self.accelerator.wait_for_everyone()
+
+    def broadcast_module(self, module: nn.Module) -> None:
+        """Start every process from the main process's weights and buffers."""
+        if self.world_size > 1:
+            for tensor in module.state_dict().values():
+                torch.distributed.broadcast(tensor, src=0)
+
+    # The end -----------------------------------------------------------------------------------
+
+    def finish(
+        self,
+        model: Any,
+        summary: Mapping[str, Any],
+        extra_files: Mapping[str, Path] | None = None,
+    ) -> Path:
+        """Main process: save ``model`` to ``model/`` (save_pretrained, with its card), push it
+        with ``extra_files`` ({name in the repo: local file}) if ``push_to_hub`` is set, write
+        ``summary.json``; every process: close the logs and the lock."""
+        if self.is_main:
+            model.save_pretrained(self.paths.model)
+            record = {
+                **summary,
+                "model": str(self.paths.model),
+                "checkpoint": str(self.checkpoint) if self.checkpoint else None,
+                "seconds_this_session": self.session_seconds(),
+                "commands": self.commands,
+            }
+            if self.config.push_to_hub:
+                record["pushed_to"] = push_model(
+                    model, self.config.push_to_hub, self.config.private, extra_files or {}
+                )
+            write_json(self.paths.summary, record)
+        self.barrier()
+        self.close()
+        return self.paths.model
+
+    def close(self) -> None:
+        if self.logger is not None:
+            self.logger.close()
+            self.logger = None
+        self.lock.release()
+
+
+def push_model(model: Any, repo_id: str, private: bool, extra_files: Mapping[str, Path]) -> str:
+    """Upload a model (weights, config, a card naming ``repo_id``) and ``extra_files`` to the
+    Hub repo ``repo_id`` in one commit; returns the commit URL."""
+    from huggingface_hub import HfApi
+
+    with tempfile.TemporaryDirectory() as stage:
+        stage_dir = Path(stage)
+        model.save_pretrained(stage_dir, model_card_kwargs={"repo_id": repo_id})
+        for name, path in extra_files.items():
+            if Path(path).is_file():
+                shutil.copy2(path, stage_dir / name)
+        api = HfApi()
+        api.create_repo(repo_id, private=private or None, exist_ok=True)
+        commit = api.upload_folder(
+            folder_path=stage_dir,
+            repo_id=repo_id,
+            commit_message=f"Upload {type(model).__name__} trained with apv-hub",
+        )
+    return str(commit)

@@ -1,0 +1,104 @@
+"""The real fine-tuning loop driven with a counting stub agent on a small real environment: the
+schedule (prefill, update cadence, evaluation, checkpoint alignment) pinned by counting."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from apv_hub.training.checkpoint import list_checkpoints
+from apv_hub.training.configs import FinetuneConfig
+from apv_hub.training.finetune import Finetuner
+from apv_hub.weights import save_tensors
+from tests.finetune_helpers import SLIDE_ENV
+
+
+class CountingAgent(nn.Module):
+    """Acts with zeros and records when it was asked to act and to update."""
+
+    def __init__(self, action_dim: int) -> None:
+        super().__init__()
+        self.action_dim = action_dim
+        self.training_info: dict[str, Any] = {}
+        self.weight = nn.Parameter(torch.zeros(1))
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+        self.explore_acts = 0
+        self.eval_acts = 0
+        # Exploring acts done before each update, and the batch shape it got.
+        self.update_log: list[tuple[int, tuple[int, ...]]] = []
+
+    @property
+    def num_updates(self) -> int:
+        return int(self.updates)
+
+    def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"model": torch.optim.SGD([self.weight], lr=0.0)}
+
+    def act(self, obs: dict, state: Any, explore: bool) -> tuple[torch.Tensor, Any]:
+        if explore:
+            self.explore_acts += 1
+        else:
+            self.eval_acts += 1
+        return torch.zeros(len(obs["image"]), self.action_dim), state
+
+    def update(self, batch: dict, optimizers: dict, accelerator: Any) -> dict[str, float]:
+        self.update_log.append((self.explore_acts, tuple(batch["image"].shape[:2])))
+        self.updates += 1
+        return {"loss": 0.0, "model_grad_norm": 0.0}
+
+    def save_pretrained(self, folder: Path, **kwargs: Any) -> None:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        save_tensors(self.state_dict(), Path(folder) / "model.safetensors")
+
+
+def test_the_loop_keeps_the_schedule(tmp_path: Path) -> None:
+    config = FinetuneConfig.preset("tiny", "dreamerv2", env=SLIDE_ENV).override(
+        {
+            "env_options.episode_length": 20,
+            "env_options.render_size": 32,
+            "total_env_steps": 100,
+            "prefill": 30,
+            "pretrain_updates": 3,
+            "train_every": 7,
+            "train_steps": 2,
+            "eval_every": 50,
+            "eval_episodes": 2,
+            "checkpoint_every": 30,
+            "keep_checkpoints": 0,
+            "log_every": 25,
+            "video": False,
+            "agent.batch_size": 3,
+            "agent.seq_len": 5,
+        }
+    )
+    agents: list[CountingAgent] = []
+
+    def make_agent(config: FinetuneConfig, action_dim: int) -> CountingAgent:
+        agents.append(CountingAgent(action_dim))
+        return agents[-1]
+
+    Finetuner(config, tmp_path / "run", make_agent=make_agent, progress=False).train()
+    [agent] = agents
+
+    # Prefill: 30 random policy steps, no exploring acts; then the 3 "pretrain" updates at once.
+    assert agent.update_log[:3] == [(0, (3, 5))] * 3
+    # Then 2 updates every 7 policy steps, each after 7 more exploring acts, to step 100.
+    periodic = [acts for acts, _ in agent.update_log[3:]]
+    assert periodic == [7 * k for k in range(1, 11) for _ in range(2)]
+    assert agent.explore_acts == 100 - 30
+    # Evaluations at 50 and 100 env steps, 2 deterministic episodes of 20 steps each.
+    rows = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert [(r["env_steps"], r["updates"], r["eval_episodes"]) for r in rows] == [
+        (50, 3 + 2 * 2, 2),
+        (100, 23, 2),
+    ]
+    assert agent.eval_acts == 2 * 2 * 20
+    # Checkpoints wait for the episode boundary after each multiple of 30 env steps.
+    assert [s for s, _ in list_checkpoints(tmp_path / "run" / "checkpoints")] == [40, 60, 100]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert [r["env_steps"] for r in metrics] == [25, 50, 75, 100]
+    assert [r["progress/updates"] for r in metrics] == [0, 7, 15, 23]
