@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from apv_hub.behavior import ActorCritic
 from apv_hub.cards import AGENT_METADATA, agent_model_card
-from apv_hub.config import AgentConfig
+from apv_hub.config import AgentConfig, ConfigError
 from apv_hub.hub import SafetensorsHubMixin
 from apv_hub.intrinsic import VideoIntrinsicBonus
 from apv_hub.io import write_json
@@ -102,6 +102,22 @@ class APVAgent(nn.Module, SafetensorsHubMixin, **AGENT_METADATA):
         agent = cls(config, action_dim, training=info)
         agent.training_info["transferred"] = agent.world_model.load_pretrained(video)
         return agent.to(next(video.parameters()).device)
+
+    @classmethod
+    def build(
+        cls, config: AgentConfig, action_dim: int, pretrained: str | Path | None = None
+    ) -> APVAgent:
+        """The agent ``config`` describes: on the ``pretrained`` video model (folder or repo id)
+        when given, else from scratch, which only variants that copy nothing can be."""
+        if pretrained:
+            return cls.from_video_model(pretrained, config, action_dim)
+        if config.world_model.transfer != "none":
+            raise ConfigError(
+                f"variant {config.variant()!r} copies weights from a pre-trained video model: "
+                "pass --pretrained (a checkpoint folder or Hub repo id), or use a variant that "
+                "starts from scratch (dreamerv2, apv_scratch)"
+            )
+        return cls(config, action_dim, training={"pretrained": None})
 
     @property
     def device(self) -> torch.device:

@@ -143,6 +143,19 @@ def summarize(results: Sequence[EpisodeResult]) -> dict[str, Any]:
     return score
 
 
+def curve_row(score: dict[str, Any]) -> dict[str, float]:
+    """A `summarize` score as one row of an evaluation curve (``eval.csv``): mean return with
+    its 95% CI over episodes, success rate where reported, the number of episodes."""
+    row = {
+        "return_mean": score["return"]["mean"],
+        "return_ci_low": score["return"]["ci95"][0],
+        "return_ci_high": score["return"]["ci95"][1],
+    }
+    if "success_rate" in score:
+        row["success_rate"] = score["success_rate"]["mean"]
+    return {**row, "eval_episodes": score["episodes"]}
+
+
 def evaluate(
     agent: APVAgent,
     env: str,

@@ -108,7 +108,8 @@ def run_parser(
     add_set_flag(run)
     run.add_argument("--print-config", action="store_true", help="print the config and exit")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_config_flags(parser.add_argument_group("options"), config_class, flags)
+    group = parser.add_argument_group("config keys (flags of common keys; --set reaches all)")
+    add_config_flags(group, config_class, flags)
     return parser
 
 

@@ -8,23 +8,20 @@ apv-finetune --resume runs/ft                # continue the run exactly where it
 torchrun --nproc_per_node 2 finetune.py ...  # two processes (e.g. CPU, gloo)
 ```
 
-The loop, DreamerV2's: ``prefill`` random-action steps; then ``pretrain_updates`` updates at once
-(Meta-world holds the pre-trained encoder and action-free RSSM still during the first 100
-updates, see ``AgentConfig``); then ``train_steps`` updates every ``train_every`` policy steps,
-acting with the agent's exploring policy in between. Counts are global over processes (see
-`FinetuneConfig` for the units).
+The loop, DreamerV2's: ``prefill`` random-action steps; then ``pretrain_updates`` updates at once;
+then ``train_steps`` updates every ``train_every`` policy steps, acting with the agent's
+exploring policy in between. Counts are global over processes (units: `FinetuneConfig`).
 
-Several processes: each rank runs its own ``num_envs`` environments (different seeds) and replay
-buffer (``replay_capacity / N`` steps) and samples ``batch_size / N`` sequences per update;
-gradients are averaged over ranks before every optimiser step, parameters start from rank 0's,
-and every checkpoint checks that they are still identical everywhere.
+Several processes: each rank runs its own ``num_envs`` environments and replay buffer
+(``replay_capacity / N`` steps) and samples ``batch_size / N`` sequences per update; gradients are
+averaged before every optimiser step, and every checkpoint checks that the parameters are still
+identical everywhere.
 
-Exact resume: every episode starts from a seed derived from (seed, rank, slot, episode number),
-checkpoints are taken when every environment has just finished an episode (at once with the
-fixed-length episodes of Meta-world and DMC; forced mid-episode if environments never align for a
-whole ``checkpoint_every``) and hold the agent, optimisers, replay, bonus state, counters and
-every random generator; a resumed run then continues bit for bit like the uninterrupted run on
-the same machine (CPU; GPU kernels may not be deterministic).
+Exact resume: every episode starts from a seed derived from (seed, rank, slot, episode number);
+checkpoints are taken when every environment has just finished an episode (forced mid-episode if
+they never align for a whole ``checkpoint_every``) and hold the agent, optimisers, replay, bonus
+state, counters and every random generator, so a resumed run continues bit for bit like the
+uninterrupted one on the same machine (CPU; GPU kernels may not be deterministic).
 
 The agent, the environment pools and the replay buffer come from factories (`Finetuner`'s
 ``make_agent``, ``make_pool``, ``make_replay``), so the loop runs the same with a stub agent.
@@ -45,14 +42,27 @@ import torch
 from apv_hub.config_base import ConfigError
 from apv_hub.data.video import video_grid, write_video
 from apv_hub.envs import EnvPool
-from apv_hub.evaluation.episodes import EpisodeResult, episode_seed, run_episodes, summarize
+from apv_hub.evaluation.episodes import (
+    EpisodeResult,
+    curve_row,
+    episode_seed,
+    run_episodes,
+    summarize,
+)
 from apv_hub.io import json_ready, write_json
 from apv_hub.optim import load_optimizer_state, save_optimizer_state
 from apv_hub.replay import ReplayBuffer
 from apv_hub.seeding import derive_seed
 from apv_hub.training.checkpoint import link_files, list_checkpoints
 from apv_hub.training.configs import FinetuneConfig
-from apv_hub.training.run import MetricWindow, NonFiniteGuard, Run, make_accelerator
+from apv_hub.training.run import (
+    MetricWindow,
+    NonFiniteGuard,
+    Run,
+    local_batch,
+    make_accelerator,
+    prepare_optimizers,
+)
 from apv_hub.weights import CheckpointError, load_into, load_tensors, tensor_digest
 
 
@@ -71,22 +81,11 @@ class Agent(Protocol):
 
 
 def build_agent(config: FinetuneConfig, action_dim: int) -> Agent:
-    """The agent of ``config.variant``, on the pre-trained model when one is given (on CPU).
-
-    Seeded with ``config.seed`` so that every process builds the same initial weights.
-    """
+    """The run's APVAgent, seeded so that every process builds the same initial weights."""
     from apv_hub.agent import APVAgent
 
     torch.manual_seed(config.seed)
-    if config.pretrained:
-        return APVAgent.from_video_model(config.pretrained, config.agent, action_dim)
-    if config.agent.world_model.transfer != "none":
-        raise ConfigError(
-            f"variant {config.variant!r} copies weights from a pre-trained video model: pass "
-            "--pretrained (a checkpoint folder or Hub repo id), or use a variant that starts "
-            "from scratch (dreamerv2, apv_scratch)"
-        )
-    return APVAgent(config.agent, action_dim, training={"pretrained": None})
+    return APVAgent.build(config.agent, action_dim, config.pretrained)
 
 
 def make_env_pool(config: FinetuneConfig, seed: int, num_envs: int) -> EnvPool:
@@ -138,12 +137,7 @@ class Finetuner:
             raise ConfigError("no environment: set env (e.g. --env metaworld/drawer-open-v3)")
         accelerator = accelerator or make_accelerator(cfg.precision)
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
-        if cfg.agent.batch_size % self.world:
-            raise ConfigError(
-                f"agent.batch_size {cfg.agent.batch_size} does not split evenly over "
-                f"{self.world} processes"
-            )
-        self.local_batch = cfg.agent.batch_size // self.world
+        self.local_batch = local_batch(accelerator, cfg.agent.batch_size, "agent.batch_size")
         self.make_pool = make_pool
         self.pool = make_pool(cfg, derive_seed(cfg.seed, "train_episodes", self.rank), cfg.num_envs)
         self.eval_pool: EnvPool | None = None
@@ -164,10 +158,7 @@ class Finetuner:
             raise
         self.agent.to(self.run.device)
         self.run.broadcast_module(self.agent)
-        optimizers = self.agent.make_optimizers()
-        prepared = accelerator.prepare(*optimizers.values()) if optimizers else ()
-        prepared = prepared if isinstance(prepared, tuple) else (prepared,)
-        self.optimizers = dict(zip(optimizers, prepared, strict=True))
+        self.optimizers = prepare_optimizers(accelerator, self.agent.make_optimizers())
         self.replay = make_replay(
             max(1, cfg.replay_capacity // self.world), derive_seed(cfg.seed, "replay", self.rank)
         )
@@ -343,17 +334,8 @@ class Finetuner:
         # Back to episode order (rank r ran episodes r, r + N, ...).
         order = {seed: i for i, seed in enumerate(seeds)}
         score = summarize(sorted(gathered, key=lambda r: order[r.seed]))
-        row = {
-            "updates": self.agent.num_updates,
-            "episodes": self.counters.episodes,
-            "return_mean": score["return"]["mean"],
-            "return_ci_low": score["return"]["ci95"][0],
-            "return_ci_high": score["return"]["ci95"][1],
-        }
-        if "success_rate" in score:
-            row["success_rate"] = score["success_rate"]["mean"]
-        row["eval_episodes"] = score["episodes"]
-        run.log(self.counters.env_steps, row, curve="eval")
+        row = {"updates": self.agent.num_updates, "episodes": self.counters.episodes}
+        run.log(self.counters.env_steps, {**row, **curve_row(score)}, curve="eval")
         if videos:
             path = run.paths.videos / f"eval-{self.counters.env_steps:09d}.mp4"
             self.last_video = write_video(path, video_grid(videos), fps=cfg.video_fps)

@@ -31,7 +31,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from apv_hub.config_base import ConfigError
 from apv_hub.optim import apply_gradients, load_optimizer_state, make_adam, save_optimizer_state
 from apv_hub.seeding import derive_seed
 from apv_hub.training.configs import PretrainConfig
@@ -39,7 +38,9 @@ from apv_hub.training.run import (
     MetricWindow,
     NonFiniteGuard,
     Run,
+    local_batch,
     make_accelerator,
+    prepare_optimizers,
 )
 from apv_hub.video_model import APVVideoModel
 from apv_hub.weights import load_into, load_tensors, tensor_digest
@@ -118,20 +119,14 @@ class Pretrainer:
         self.config = cfg = config
         self.debug_dump = Path(debug_dump) if debug_dump else None
         accelerator = make_accelerator(cfg.precision)
-        world_size = accelerator.num_processes
-        if cfg.model.batch_size % world_size:
-            raise ConfigError(
-                f"model.batch_size {cfg.model.batch_size} does not split over {world_size} "
-                "processes"
-            )
-        self.local_batch = cfg.model.batch_size // world_size
-        rank = accelerator.process_index
+        self.local_batch = local_batch(accelerator, cfg.model.batch_size, "model.batch_size")
+        rank, world_size = accelerator.process_index, accelerator.num_processes
         self.clips = make_clips(cfg, rank, world_size, cfg.steps * self.local_batch, self.data_seed)
         self.eval_frames = self._eval_frames()
         self.model = build_model(cfg).to(accelerator.device)
         self.params = list(self.model.parameters())
-        optimizer = make_adam(self.params, cfg.model.lr, cfg.model.adam_eps, cfg.model.weight_decay)
-        self.optimizer = accelerator.prepare(optimizer)
+        adam = make_adam(self.params, cfg.model.lr, cfg.model.adam_eps, cfg.model.weight_decay)
+        self.optimizers = prepare_optimizers(accelerator, {"model": adam})
         self.loss_fn = torch.compile(self.model.loss) if cfg.compile else self.model.loss
         self.run = Run(
             cfg,
@@ -211,7 +206,7 @@ class Pretrainer:
         with run.accelerator.autocast():
             loss, metrics = self.loss_fn(frames)
         norm = apply_gradients(
-            loss, self.optimizer, self.params, cfg.model.grad_clip, run.accelerator
+            loss, self.optimizers["model"], self.params, cfg.model.grad_clip, run.accelerator
         )
         self.step += 1
         finite = math.isfinite(norm) and math.isfinite(metrics["loss"])
@@ -233,7 +228,7 @@ class Pretrainer:
         seconds = time.perf_counter() - window.start
         steps_per_sec = window.steps / seconds
         row = {f"train/{k}": v for k, v in means.items()}
-        row["train/lr"] = self.optimizer.param_groups[0]["lr"]
+        row["train/lr"] = self.optimizers["model"].param_groups[0]["lr"]
         row["perf/steps_per_sec"] = steps_per_sec
         row["perf/frames_per_sec"] = steps_per_sec * cfg.model.batch_size * cfg.model.seq_len
         row["perf/data_wait_fraction"] = window.data_seconds / seconds
@@ -268,7 +263,7 @@ class Pretrainer:
             if self.run.is_main:
                 self.model.training_info = self.training_info()
                 self.model.save_pretrained(folder / "model")
-                save_optimizer_state(folder, {"model": self.optimizer})
+                save_optimizer_state(folder, self.optimizers)
 
         # Every process's next clip index follows from the step and the data seed.
         state = {"step": self.step, "failed_draws": self.failed_draws, "data_seed": self.data_seed}
@@ -277,7 +272,7 @@ class Pretrainer:
     def _load_checkpoint(self, folder: Path, state: dict[str, Any]) -> None:
         tensors, _ = load_tensors(folder / "model" / "model.safetensors")
         load_into(self.model, tensors, source=str(folder / "model"))
-        load_optimizer_state(folder, {"model": self.optimizer})
+        load_optimizer_state(folder, self.optimizers)
 
     # Outputs ----------------------------------------------------------------------------------
 

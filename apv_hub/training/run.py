@@ -164,6 +164,21 @@ def make_accelerator(precision: str = "auto") -> Any:
     return Accelerator(cpu=not cuda, mixed_precision="bf16" if precision == "bf16" else "no")
 
 
+def local_batch(accelerator: Any, batch_size: int, key: str) -> int:
+    """This process's share of a global batch, which must split evenly over the processes."""
+    world = accelerator.num_processes
+    if batch_size % world:
+        raise ConfigError(f"{key} {batch_size} does not split evenly over {world} processes")
+    return batch_size // world
+
+
+def prepare_optimizers(accelerator: Any, optimizers: Mapping[str, Any]) -> dict[str, Any]:
+    """``accelerator.prepare`` on named optimisers (mixed precision, gradient scaling)."""
+    prepared = accelerator.prepare(*optimizers.values()) if optimizers else ()
+    prepared = prepared if isinstance(prepared, tuple) else (prepared,)
+    return dict(zip(optimizers, prepared, strict=True))
+
+
 def resume_config(saved: Config, assignments: Mapping[str, Any], run: Path) -> Config:
     """The saved config of ``run`` with command-line ``assignments`` applied, refusing any that
     change a field that is not resumable (schedule and outputs may change, the learning not)."""
