@@ -20,23 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from apv_hub.config import ConfigError
+from apv_hub.config import ConfigError, section_from_dict
 
 # Keys config.json holds beside the config fields: written by the library, not settings.
 METADATA_KEYS = ("model_type", "apv_hub_version", "training")
 LIKELIHOODS = ("conditional", "joint")
-
-
-def _fields_from_dict(cls: type, data: dict[str, Any], require_all: bool) -> dict[str, Any]:
-    """The keyword arguments for ``cls`` from ``data``, naming unknown and missing fields."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
-    missing = sorted(names - set(data))
-    if require_all and missing:
-        raise ConfigError(f"config is missing {cls.__name__} field(s): {', '.join(missing)}")
-    return dict(data)
 
 
 def _check(owner: object, name: str, ok: bool, requirement: str) -> None:
@@ -201,21 +189,14 @@ class VIPERConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.tokenizer, dict):
-            self.tokenizer = TokenizerConfig(
-                **_fields_from_dict(TokenizerConfig, self.tokenizer, False)
-            )
+            self.tokenizer = section_from_dict(TokenizerConfig, self.tokenizer)
         if isinstance(self.prior, dict):
-            self.prior = PriorConfig(**_fields_from_dict(PriorConfig, self.prior, False))
+            self.prior = section_from_dict(PriorConfig, self.prior)
         self.class_names = tuple(str(n) for n in self.class_names)
         if self.context_frames is None:
             self.context_frames = self.prior.frames
-        frames = self.prior.frames
-        _check(
-            self,
-            "context_frames",
-            1 <= self.context_frames <= frames,
-            (f"must lie in [1, prior.frames={frames}]"),
-        )
+        within = f"must lie in [1, prior.frames={self.prior.frames}]"
+        _check(self, "context_frames", 1 <= self.context_frames <= self.prior.frames, within)
         _check(self, "likelihood", self.likelihood in LIKELIHOODS, f"must be one of {LIKELIHOODS}")
         _positive(self, "score_batch_size", "encode_batch_size")
         names, classes = self.class_names, self.prior.num_classes
@@ -250,12 +231,10 @@ class VIPERConfig:
         """Build a config, naming unknown fields (and missing ones with ``require_all``, as for a
         saved config.json, so a checkpoint never silently picks up a changed default)."""
         data = {k: v for k, v in data.items() if k not in METADATA_KEYS}
-        kwargs = _fields_from_dict(cls, data, require_all)
         for name, part in (("tokenizer", TokenizerConfig), ("prior", PriorConfig)):
-            value = kwargs.get(name, {})
-            if isinstance(value, dict):
-                kwargs[name] = part(**_fields_from_dict(part, value, require_all))
-        return cls(**kwargs)
+            if isinstance(data.get(name, {}), dict):
+                data[name] = section_from_dict(part, data.get(name, {}), require_all)
+        return section_from_dict(cls, data, require_all)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")

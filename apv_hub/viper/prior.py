@@ -27,6 +27,7 @@ while the window grows and re-primes it from the last F - 1 frames when the wind
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 
 import torch
@@ -178,7 +179,7 @@ class VideoPrior(nn.Module):
         metrics = {
             "loss": nats,
             "nll_per_token": nats,
-            "bits_per_token": nats / torch.log(torch.tensor(2.0)),
+            "bits_per_token": nats / math.log(2),
             "accuracy": accuracy,
         }
         return loss, metrics

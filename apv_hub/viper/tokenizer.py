@@ -44,7 +44,6 @@ from torch import Tensor, nn
 
 from apv_hub.viper.config import TokenizerConfig
 
-
 # Idle steps after which ``dead_codes`` counts a code when restarts are off (dead_code_steps 0).
 DEAD_CODE_REPORT_STEPS = 100
 
@@ -59,10 +58,17 @@ def postprocess(images: Tensor) -> Tensor:
     return ((images.float().clamp(-1.0, 1.0) + 1.0) * 127.5).round().to(torch.uint8)
 
 
+def code_counts(indices: Tensor, codebook_size: int) -> Tensor:
+    """How often each code occurs in indices (any shape) -> float [K], without a host sync."""
+    flat = indices.reshape(-1)
+    ones = torch.ones_like(flat, dtype=torch.float32)
+    return torch.zeros(codebook_size, device=flat.device).index_add_(0, flat, ones)
+
+
 def codebook_stats(indices: Tensor, codebook_size: int) -> dict[str, Tensor]:
     """Usage of a batch of code indices (any shape) -> ``perplexity`` and ``usage`` (fraction of
     the codebook used), as detached scalar tensors."""
-    counts = torch.bincount(indices.reshape(-1), minlength=codebook_size).float()
+    counts = code_counts(indices, codebook_size)
     probs = counts / counts.sum().clamp_min(1.0)
     entropy = -(probs * torch.log(probs.clamp_min(1e-10))).sum()
     return {"perplexity": entropy.exp(), "usage": (counts > 0).float().mean()}
@@ -241,7 +247,7 @@ class VectorQuantizer(nn.Module):
     @torch.no_grad()
     def record_usage(self, indices: Tensor) -> None:
         """One training step: codes in ``indices`` become fresh, the others one step older."""
-        used = torch.bincount(indices.reshape(-1), minlength=self.codebook_size) > 0
+        used = code_counts(indices, self.codebook_size) > 0
         self.idle_steps.copy_(torch.where(used, 0, self.idle_steps + 1))
 
     @torch.no_grad()
