@@ -18,6 +18,7 @@ from huggingface_hub import ModelCard, ModelCardData
 if TYPE_CHECKING:
     from apv_hub.agent import APVAgent
     from apv_hub.video_model import APVVideoModel
+    from apv_hub.viper.reward_model import VIPERRewardModel
 
 PAPER_URL = "https://arxiv.org/abs/2203.13880"
 VIDEO_MODEL_METADATA: dict[str, Any] = dict(
@@ -247,3 +248,114 @@ def finetune_section(info: dict[str, Any] | None) -> str:
             )
             lines.append(f"| {row['env_steps']} | {ret} |{rate}")
     return "\n".join(lines) + "\n"
+
+
+# VIPER reward models ---------------------------------------------------------------------------
+
+VIPER_PAPER_URL = "https://arxiv.org/abs/2305.14343"
+VIPER_METADATA: dict[str, Any] = dict(
+    library_name="apv-hub",
+    paper_url=VIPER_PAPER_URL,
+    tags=["viper", "video-prediction", "reward-model", "vq-gan", "reinforcement-learning"],
+)
+VIPER_CITATION = """@inproceedings{escontrela2023viper,
+  title={Video Prediction Models as Rewards for Reinforcement Learning},
+  author={Escontrela, Alejandro and Adeniji, Ademi and Yan, Wilson and Jain, Ajay and
+          Peng, Xue Bin and Goldberg, Ken and Lee, Youngwoon and Hafner, Danijar and
+          Abbeel, Pieter},
+  booktitle={Advances in Neural Information Processing Systems},
+  year={2023}
+}"""
+
+
+def viper_reward_stats_section(model: VIPERRewardModel) -> str:
+    """The card's lines on the reward standardisation statistics, as stored in the model."""
+    stats = model.reward_stats()
+    slots = stats["count"].nonzero().flatten().tolist()
+    if not slots:
+        return "- Standardisation statistics: not computed (`update_reward_stats` on expert videos)"
+    names = model.config.class_names
+    conditional = model.config.prior.num_classes > 0
+    lines = ["- Standardisation statistics of the raw reward on expert videos (as measured):"]
+    for slot in slots:
+        label = names[slot] if names else (f"class {slot}" if conditional else "all")
+        lines.append(
+            f"  - {label}: mean {float(stats['mean'][slot]):.4g}, "
+            f"std {float(stats['std'][slot]):.4g} over {int(stats['count'][slot])} steps"
+        )
+    return "\n".join(lines)
+
+
+def viper_model_card(model: VIPERRewardModel, repo_id: str | None = None) -> ModelCard:
+    """The README.md model card of a VIPERRewardModel checkpoint."""
+    cfg = model.config
+    tok, prior = cfg.tokenizer, cfg.prior
+    counts = model.num_parameters()
+    name = repo_id or "path/to/checkpoint"
+    data = model.training_info.get("data")
+    header = card_data(
+        VIPER_METADATA,
+        datasets=[d for d in (data if isinstance(data, list) else [data]) if _is_repo_id(d)]
+        or None,
+    )
+    g = tok.token_grid
+    if prior.num_classes:
+        classes = ", ".join(cfg.class_names) if cfg.class_names else "unnamed"
+        conditioning = f"class-conditional over {prior.num_classes} tasks ({classes})"
+        cls_arg = repr(cfg.class_names[0]) if cfg.class_names else "0"
+    else:
+        conditioning, cls_arg = "unconditional", "None"
+    likelihood = (
+        "log p(o_t | earlier frames of the window), summed over the frame's tokens"
+        if cfg.likelihood == "conditional"
+        else "sum over the window's frames of log p(frame | earlier frames of the window)"
+    )
+    body = f"""
+# VIPER video reward model{f": {repo_id}" if repo_id else ""}
+
+A video prediction reward model from VIPER (Escontrela et al., 2023): a frame tokenizer and an
+autoregressive video transformer trained on expert videos. The reward of an agent's step is the
+likelihood the frozen model gives its frames; no task reward is involved.
+
+## Architecture
+
+- Frames: {tok.image_channels} x {tok.image_size} x {tok.image_size}, uint8
+- Tokenizer: VQ autoencoder, width {tok.channels} x {list(tok.channel_mult)}, {tok.res_blocks}
+  ResNet block(s) per level{", middle attention" if tok.mid_attention else ""}; codebook
+  {tok.codebook_size} x {tok.embed_dim}; {g} x {g} tokens per frame
+  ({_millions(counts["tokenizer"])} parameters)
+- Prior: GPT-2, {prior.layers} layers, {prior.heads} heads, width {prior.width}, MLP
+  {prior.mlp_width}; windows of {prior.frames} frames, {prior.frame_skip} step(s) apart;
+  {conditioning} ({_millions(counts["prior"])} parameters)
+- Total: {counts["total"]:,} parameters
+
+## Reward
+
+- Definition (`{cfg.likelihood}`): {likelihood}; windows of {cfg.context_frames} frames
+  ending at the scored step
+- Episode start: windows cut to the frames that exist, placed at the start of the context
+{viper_reward_stats_section(model)}
+
+{_notes_section(model.training_info)}## Training
+
+{_training_section(model.training_info)}
+
+## Usage
+
+```python
+import torch
+from apv_hub.viper import VIPERRewardModel
+
+model = VIPERRewardModel.from_pretrained("{name}")
+frames = torch.randint(0, 256, (1, 50, {tok.image_channels}, {tok.image_size}, {tok.image_size}),
+                       dtype=torch.uint8)                     # [B, T, C, H, W]
+rewards = model.score(frames, cls={cls_arg})                  # [B, T] log-likelihoods
+```
+
+## Citation
+
+```bibtex
+{VIPER_CITATION}
+```
+"""
+    return ModelCard(f"---\n{header.to_yaml()}\n---\n{body}")

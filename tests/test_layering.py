@@ -39,6 +39,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "apv_hub.agent",
             "apv_hub.predict",
             "apv_hub.synthetic",
+            "apv_hub.viper",
         ),
     ),
     ("evaluation", ("apv_hub.evaluation",)),

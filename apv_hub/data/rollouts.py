@@ -85,36 +85,62 @@ def _render_metaworld(env) -> np.ndarray:
 
 
 def metaworld_episode(
-    env, task: str, seed: int, max_steps: int, action_noise: float = 0.0
+    env,
+    task: str,
+    seed: int,
+    max_steps: int,
+    action_noise: float = 0.0,
+    action_repeat: int = 1,
+    policy: str = "scripted",
 ) -> Episode:
-    """Run the scripted policy of ``task`` for ``max_steps`` steps -> T = max_steps + 1 frames.
+    """Run ``policy`` for ``max_steps`` decisions -> T = max_steps + 1 frames.
 
-    Meta-world ignores ``reset(seed=...)``: seeding the base environment seeds both the draw of
-    the MT1 task variation (object and goal positions) at reset and the action space.
+    ``policy``: ``"scripted"`` (the task's expert, plus Gaussian ``action_noise``) or
+    ``"random"`` (uniform actions in [-1, 1]: a baseline for rewards learned from videos). Each
+    action is applied for ``action_repeat`` environment steps and one frame is rendered per
+    decision (rewards summed over the repeats, success if any repeat succeeded), as in
+    ``dmc_random_episode``. Meta-world ignores ``reset(seed=...)``: seeding the base environment
+    seeds both the draw of the MT1 task variation (object and goal positions) at reset and the
+    action space.
     """
-    policy = scripted_policy(task)
+    if policy not in ("scripted", "random"):
+        raise ValueError(f"policy must be 'scripted' or 'random', got {policy!r}")
+    if action_repeat < 1:
+        raise ValueError(f"action_repeat must be >= 1, got {action_repeat}")
+    expert = scripted_policy(task)
     rng = np.random.default_rng(seed)
     env.unwrapped.seed(seed)
     obs, _ = env.reset()
     dim = env.action_space.shape[0]
     frames, actions = [_render_metaworld(env)], [np.zeros(dim, np.float32)]
     rewards, success = [0.0], [False]
+    done = False
     for _ in range(max_steps):
-        with warnings.catch_warnings():
-            # Scripted policies warn on every step that their gains exceed the [-1, 1] clip.
-            warnings.filterwarnings("ignore", "Constant", UserWarning)
-            action = policy.get_action(obs)
-        if action_noise > 0:
-            action = action + rng.normal(0.0, action_noise, size=dim)
+        if policy == "random":
+            action = rng.uniform(-1.0, 1.0, size=dim)
+        else:
+            with warnings.catch_warnings():
+                # Scripted policies warn on every step that their gains exceed the [-1, 1] clip.
+                warnings.filterwarnings("ignore", "Constant", UserWarning)
+                action = expert.get_action(obs)
+            if action_noise > 0:
+                action = action + rng.normal(0.0, action_noise, size=dim)
         action = np.clip(action, -1.0, 1.0).astype(np.float32)
-        obs, reward, terminated, truncated, info = env.step(action)
+        reward, solved = 0.0, False
+        for _ in range(action_repeat):
+            obs, r, terminated, truncated, info = env.step(action)
+            reward += float(r)
+            solved = solved or bool(info["success"])
+            done = terminated or truncated
+            if done:
+                break
         frames.append(_render_metaworld(env))
         actions.append(action)
-        rewards.append(float(reward))
-        success.append(bool(info["success"]))
-        if terminated or truncated:
+        rewards.append(reward)
+        success.append(solved)
+        if done:
             break
-    fps = float(env.metadata.get("render_fps") or 80)
+    fps = float(env.metadata.get("render_fps") or 80) / action_repeat
     return Episode(
         np.stack(frames),
         np.stack(actions),
