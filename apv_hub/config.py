@@ -16,7 +16,7 @@ from typing import Any
 METADATA_KEYS = ("model_type", "apv_hub_version", "training")
 # Fields added after checkpoints were first published, with the value that files written
 # before them meant (what the code did then).
-LEGACY_DEFAULTS: dict[str, object] = {"layer_norm_eps": 1e-5}
+LEGACY_DEFAULTS: dict[str, object] = {"layer_norm_eps": 1e-5, "gru_bias": False}
 
 
 class ConfigError(ValueError):
@@ -49,6 +49,10 @@ class APVConfig:
     # Epsilon of the GRU's layer norm. The release (Keras) uses 1e-3; PyTorch's default 1e-5 is
     # what apv-hub checkpoints without this field were trained with.
     layer_norm_eps: float = 1e-5
+    # A bias in the GRU's gate layer although layer norm follows it: the release (Keras Dense)
+    # has one, which layer norm does not cancel. Without layer norm the gate layer always has a
+    # bias. apv-hub checkpoints without this field had none.
+    gru_bias: bool = False
     # Loss: image log-likelihood + kl_scale * balanced KL(post || prior).
     image_loss_scale: float = 1.0
     kl_scale: float = 0.1
