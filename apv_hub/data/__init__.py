@@ -1,4 +1,5 @@
-"""Video corpora as Hugging Face datasets, decoded with decord, and random clips for training.
+"""Video corpora as Hugging Face datasets, decoded with decord (or PyAV), and random clips for
+training.
 
 - ``corpus``: the schema (FEATURES), the resumable builder (build_corpus), the dataset card,
   ``load_video_corpus`` (folder or Hub repo id), ``push_corpus_to_hub``, the shipped sample.
