@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from datasets import Dataset, Features, List, Value
+from datasets import Dataset, Features, IterableDataset, List, Value
 
 from apv_hub.data.report import SkipReport
 from apv_hub.data.video import VideoError, VideoInfo, encode_video, probe_video
@@ -344,17 +344,43 @@ def _size_category(n: int) -> str:
 
 
 def load_video_corpus(
-    name_or_path: str | Path, revision: str | None = None, cache_dir: str | None = None
-) -> Dataset:
+    name_or_path: str | Path,
+    revision: str | None = None,
+    cache_dir: str | None = None,
+    streaming: bool = False,
+) -> Dataset | IterableDataset:
     """A corpus folder, or a Hub dataset repo id, -> a ``datasets.Dataset`` (one row per video).
 
     Hub repos are downloaded with ``snapshot_download`` (card and shards only) and read like a
     local folder, so the result is the same memory-mapped dataset either way.
+
+    ``streaming=True`` is for corpora that do not fit on disk: nothing is downloaded up front;
+    the result is a ``datasets.IterableDataset`` that reads the parquet shards (of the folder, or
+    of the repo over HTTP) as it is iterated. ``StreamingClipDataset`` draws clips from it.
     """
     path = Path(name_or_path)
+    if not path.is_dir() and (path.exists() or str(name_or_path).count("/") != 1):
+        raise FileNotFoundError(f"{name_or_path} is neither a corpus folder nor a repo id")
+    if streaming:
+        from datasets import load_dataset
+
+        if path.is_dir():
+            files = shard_paths(path)
+            if not files:
+                raise FileNotFoundError(f"{path} holds no {DATA_DIR}/{SHARD_GLOB} shards")
+            source, data_files = "parquet", {"train": [str(f) for f in files]}
+        else:
+            source, data_files = str(name_or_path), {"train": f"{DATA_DIR}/{SHARD_GLOB}"}
+        return load_dataset(
+            source,
+            data_files=data_files,
+            split="train",
+            streaming=True,
+            features=FEATURES,
+            revision=revision,
+            cache_dir=cache_dir,
+        )
     if not path.is_dir():
-        if path.exists() or str(name_or_path).count("/") != 1:
-            raise FileNotFoundError(f"{name_or_path} is neither a corpus folder nor a repo id")
         from huggingface_hub import snapshot_download
 
         path = Path(
