@@ -57,7 +57,6 @@ implement, so such checkpoints are refused with that reason.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import pickle
 import re
@@ -72,6 +71,7 @@ import torch
 from torch import Tensor, nn
 
 from apv_hub.config import APVConfig, ConfigError
+from apv_hub.io import file_sha256
 from apv_hub.nets import deconv_out_size
 from apv_hub.version import __version__
 from apv_hub.video_model import APVVideoModel
@@ -241,14 +241,6 @@ def load_torch_state_dict(path: str | Path) -> dict[str, Tensor]:
     ):
         raise ConversionError(f"{path} does not hold a state dict (names -> tensors)")
     return dict(value)
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # The APV release: TensorFlow variables in traversal order -> PyTorch layouts ------------------

@@ -153,3 +153,40 @@ def test_a_hub_repo_streams_like_the_folder(corpus_dir, local_hub):
     for a, b in zip(from_hub, from_folder, strict=True):
         assert torch.equal(a["frames"], b["frames"])
     assert not local_hub.unhandled_requests
+
+
+def test_a_large_push_commits_in_batches_and_a_rerun_uploads_only_what_is_missing(
+    corpus_dir, local_hub, tmp_path
+):
+    """Without hf_xet (disabled here) the large path commits the shards in batches; the card
+    comes last. An interrupted push (here: half the shards) resumes without re-committing."""
+    from huggingface_hub import HfApi
+
+    root, _ = corpus_dir
+    repo = "apv-test/large-corpus"
+    half = tmp_path / "half"
+    shutil.copytree(root, half)
+    for shard in sorted((half / DATA_DIR).glob("*.parquet"))[5:]:
+        shard.unlink()
+    (half / "README.md").write_text((root / "README.md").read_text() + "\nFirst half.\n")
+    api = HfApi()
+    push_corpus_to_hub(half, repo, large=True, shards_per_commit=2, revision="v1")
+    titles = [c.title for c in api.list_repo_commits(repo, repo_type="dataset", revision="v1")]
+    assert titles[:4] == [
+        "Upload video corpus (card)",
+        "Upload video corpus (shards, part 3 of 3)",
+        "Upload video corpus (shards, part 2 of 3)",
+        "Upload video corpus (shards, part 1 of 3)",
+    ]
+    push_corpus_to_hub(root, repo, large=True, shards_per_commit=4, revision="v1")
+    titles = [c.title for c in api.list_repo_commits(repo, repo_type="dataset", revision="v1")]
+    # The five shards already there are not committed again: 5 new ones in 2 commits.
+    assert titles[:3] == [
+        "Upload video corpus (card)",
+        "Upload video corpus (shards, part 2 of 2)",
+        "Upload video corpus (shards, part 1 of 2)",
+    ]
+    pushed = load_video_corpus(repo, revision="v1")
+    assert pushed["key"] == load_video_corpus(root)["key"]
+    assert pushed.to_list() == load_video_corpus(root).to_list()
+    assert not local_hub.unhandled_requests and not local_hub.errors
