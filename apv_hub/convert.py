@@ -495,6 +495,12 @@ def model_from_release_names(
     if missing:
         raise ConversionError(f"{source}: missing tensor(s) {', '.join(missing)}")
     for key, value in tensors.items():
+        conv = re.fullmatch(r"(encoder|decoder)\.conv\d+\.weight", key)
+        rank = 4 if conv else 2 if key.endswith(".weight") and "_norm" not in key else 1
+        if value.dim() != rank:
+            raise ConversionError(
+                f"{source}: {where(key)} has shape {tuple(value.shape)}, expected {rank}-D"
+            )
         if not torch.isfinite(value).all():
             raise ConversionError(f"{source}: {where(key)} holds non-finite values")
 

@@ -280,6 +280,10 @@ def test_release_folder_without_its_files_says_which(tmp_path):
             lambda s: s.update({"wm.rssm.img_in.weight": torch.full((12, 65), float("nan"))}),
             "wm.rssm.img_in.weight holds non-finite values",
         ),
+        (
+            lambda s: s.update({"wm.encoder.conv0.weight": torch.zeros(4, 3)}),
+            r"wm\.encoder\.conv0\.weight has shape \(4, 3\), expected 4-D",
+        ),
     ],
 )
 def test_contextwm_mismatches_name_the_key(tmp_path, edit, message):

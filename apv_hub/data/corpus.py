@@ -7,8 +7,10 @@ A corpus is a folder (locally or as a Hub dataset repo)::
     data/train-00001.parquet
 
 which ``datasets.load_dataset(folder_or_repo_id)`` reads as it is. Videos are stored as encoded
-bytes (H.264 mp4 for frame sources, the original bytes for file sources) and decoded with decord;
-datasets' own ``Video`` feature is not used because it decodes with torchcodec.
+bytes (H.264 mp4 for frame sources, the original bytes for file sources) and decoded with decord
+(or PyAV, see ``video``); datasets' own ``Video`` feature is not used because it decodes with
+torchcodec. Corpora too large for the disk are streamed (``load_video_corpus(...,
+streaming=True)``) and pushed in resumable batches (``push_corpus_to_hub(..., large=True)``).
 """
 
 from __future__ import annotations
