@@ -355,10 +355,10 @@ def test_model_card_conversion_commands_parse_and_push_where_the_card_says():
     import shlex
 
     from apv_hub.convert import build_parser
-    from tests.conftest import REPO_ROOT
 
+    cards = Path(__file__).resolve().parent.parent / "model_cards"
     for name in ("rlbench-99", "triped-walk"):
-        text = (REPO_ROOT / "model_cards" / f"{name}.md").read_text()
+        text = (cards / f"{name}.md").read_text()
         blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
         [command] = [shlex.split(b.replace("\\\n", " ")) for b in blocks if "apv-convert" in b]
         args = build_parser().parse_args(command[1:])
