@@ -106,7 +106,7 @@ def _conversion_section(info: dict[str, Any]) -> str:
         return ""
     files = "\n".join(f"  - `{name}` (sha256 `{digest}`)" for name, digest in conv["files"].items())
     changes = "\n".join(f"  - {change}" for change in conv["changes"])
-    command = f"\n- Command:\n\n```bash\n{conv['command']}\n```\n" if conv.get("command") else ""
+    command = f"- Command:\n\n```bash\n{conv['command']}\n```\n" if conv.get("command") else ""
     return f"""## Converted from
 
 This checkpoint was not trained by apv-hub: it is {conv["description"]}, converted by
