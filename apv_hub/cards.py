@@ -100,6 +100,31 @@ def _notes_section(info: dict[str, Any]) -> str:
     return f"## About this checkpoint\n\n{notes}\n\n" if notes else ""
 
 
+def _conversion_section(info: dict[str, Any]) -> str:
+    """Where a converted checkpoint (apv_hub.convert) came from, its licence, what was changed."""
+    conv = info.get("converted_from")
+    if not conv:
+        return ""
+    files = "\n".join(f"  - `{name}` (sha256 `{digest}`)" for name, digest in conv["files"].items())
+    changes = "\n".join(f"  - {change}" for change in conv["changes"])
+    command = f"- Command:\n\n```bash\n{conv['command']}\n```\n" if conv.get("command") else ""
+    return f"""## Converted from
+
+This checkpoint was not trained by apv-hub: it is {conv["description"]}, converted by
+{conv["converter"]} (`apv-convert --format {conv["format"]}`).
+
+- Source: {conv["source"]}
+- Code: {conv["code"]}
+- Licence of the source: {conv["license"]}
+- Files converted:
+{files}
+- Pre-training settings recorded in config.json: `{conv["pretrain_config"]}`
+- Conversion (outputs equal the source's up to float32 rounding):
+{changes}
+{command}
+"""
+
+
 def video_model_card(model: APVVideoModel, repo_id: str | None = None) -> ModelCard:
     """The README.md model card of an APVVideoModel checkpoint."""
     cfg = model.config
@@ -130,7 +155,7 @@ videos without actions or rewards. Fine-tuning stacks an action-conditional worl
 - Total: {counts["total"]:,} parameters
 - Loss: image NLL + {cfg.kl_scale} x KL (balance {cfg.kl_balance}, free nats {cfg.free_nats})
 
-{_notes_section(model.training_info)}## Training
+{_notes_section(model.training_info)}{_conversion_section(model.training_info)}## Training
 
 {_training_section(model.training_info)}
 

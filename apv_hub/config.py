@@ -79,6 +79,12 @@ class APVConfig(Config):
         "epsilon of the GRU's layer norm; the release (Keras) uses 1e-3, PyTorch's 1e-5 is what "
         "apv-hub checkpoints without this field were trained with",
     )
+    gru_bias: bool = option(
+        False,
+        "a bias in the GRU's gate layer although layer norm follows it: the release (Keras Dense) "
+        "has one, which layer norm does not cancel; apv-hub checkpoints without this field had "
+        "none (without layer norm the gate layer always has a bias)",
+    )
     image_loss_scale: float = option(1.0, "weight of the image log-likelihood")
     kl_scale: float = option(0.1, "weight of the balanced KL(posterior || prior)")
     kl_balance: float = option(0.8, "share of the KL gradient that trains the prior")
@@ -101,7 +107,7 @@ class APVConfig(Config):
         # The released APV model (about 25.9M parameters).
         "paper": dict(),
     }
-    LEGACY: ClassVar[dict[str, Any]] = {"layer_norm_eps": 1e-5}
+    LEGACY: ClassVar[dict[str, Any]] = {"layer_norm_eps": 1e-5, "gru_bias": False}
 
     def validate(self) -> None:
         check_positive(self, "image_size", "cnn_depth", "deter", "hidden", "stoch", "classes")

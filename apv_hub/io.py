@@ -8,6 +8,7 @@ with.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -47,6 +48,15 @@ def write_atomic(path: str | Path, data: bytes) -> Path:
     with open(tmp, "wb") as f:
         f.write(data)
     return publish(tmp, path)
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (hex), read in blocks so that large files stay out of memory."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def write_json(path: str | Path, value: Any, indent: int | None = 1) -> Path:

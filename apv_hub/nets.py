@@ -160,10 +160,17 @@ class GRUCell(nn.Module):
     """
 
     def __init__(
-        self, in_dim: int, size: int, layer_norm: bool = True, norm_eps: float = 1e-5
+        self,
+        in_dim: int,
+        size: int,
+        layer_norm: bool = True,
+        norm_eps: float = 1e-5,
+        bias: bool = False,
     ) -> None:
+        """``bias``: give the gate layer a bias also when layer norm follows it (the release's
+        GRU has one); without layer norm it always has one."""
         super().__init__()
-        self.linear = nn.Linear(in_dim + size, 3 * size, bias=not layer_norm)
+        self.linear = nn.Linear(in_dim + size, 3 * size, bias=bias or not layer_norm)
         self.norm = nn.LayerNorm(3 * size, eps=norm_eps) if layer_norm else nn.Identity()
 
     def forward(self, x: Tensor, state: Tensor) -> Tensor:

@@ -64,6 +64,7 @@ class RSSM(nn.Module):
         act: str = "elu",
         layer_norm: bool = True,
         norm_eps: float = 1e-5,
+        gru_bias: bool = False,
     ) -> None:
         super().__init__()
         self.embed_dim, self.action_dim = embed_dim, action_dim
@@ -71,7 +72,7 @@ class RSSM(nn.Module):
         self.img_in = nn.Sequential(
             nn.Linear(stoch * classes + action_dim, hidden), activation(act)
         )
-        self.gru = GRUCell(hidden, deter, layer_norm, norm_eps)
+        self.gru = GRUCell(hidden, deter, layer_norm, norm_eps, gru_bias)
         self.img_out = nn.Sequential(
             nn.Linear(deter, hidden), activation(act), nn.Linear(hidden, stoch * classes)
         )

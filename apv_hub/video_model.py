@@ -65,6 +65,7 @@ class APVVideoModel(nn.Module, SafetensorsHubMixin, **VIDEO_MODEL_METADATA):
             act=config.act,
             layer_norm=config.gru_layer_norm,
             norm_eps=config.layer_norm_eps,
+            gru_bias=config.gru_bias,
         )
         self.decoder = ConvDecoder(config, self.rssm.feat_dim)
 

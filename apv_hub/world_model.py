@@ -77,6 +77,7 @@ class APVWorldModel(nn.Module):
                 vc.act,
                 vc.gru_layer_norm,
                 vc.layer_norm_eps,
+                vc.gru_bias,
             )
             ac_in = self.af_rssm.feat_dim
             if config.ac_input == "embed_af_feat":
@@ -93,6 +94,7 @@ class APVWorldModel(nn.Module):
             act=vc.act,
             layer_norm=vc.gru_layer_norm,
             norm_eps=vc.layer_norm_eps,
+            gru_bias=vc.gru_bias,
         )
         feat_dim = self.rssm.feat_dim
         self.decoder = ConvDecoder(vc, feat_dim)

@@ -52,10 +52,11 @@ def test_bad_values_and_presets_are_refused():
 
 
 def test_a_file_written_before_a_field_existed_loads_with_the_value_it_meant(tmp_path):
-    data = APVConfig.preset("tiny", layer_norm_eps=1e-3).to_dict()
-    del data["layer_norm_eps"]
+    data = APVConfig.preset("tiny", layer_norm_eps=1e-3, gru_bias=True).to_dict()
+    del data["layer_norm_eps"], data["gru_bias"]
     (tmp_path / "config.json").write_text(json.dumps(data))
-    assert APVConfig.load(tmp_path / "config.json").layer_norm_eps == 1e-5
+    loaded = APVConfig.load(tmp_path / "config.json")
+    assert (loaded.layer_norm_eps, loaded.gru_bias) == (1e-5, False)
 
 
 # The strict config base, the override grammar and the generated flags -------------------------

@@ -40,6 +40,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "apv_hub.predict",
             "apv_hub.synthetic",
             "apv_hub.viper",
+            "apv_hub.convert",
         ),
     ),
     ("evaluation", ("apv_hub.evaluation",)),

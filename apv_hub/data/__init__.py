@@ -1,13 +1,15 @@
-"""Video corpora as Hugging Face datasets, decoded with decord, and random clips for training.
+"""Video corpora as Hugging Face datasets, decoded with decord (or PyAV), and random clips for
+training.
 
 - ``corpus``: the schema (FEATURES), the resumable builder (build_corpus), the dataset card,
   ``load_video_corpus`` (folder or Hub repo id), ``push_corpus_to_hub``, the shipped sample.
 - ``sources``: folders of videos, RLBench, APV/ContextWM npz, Something-Something-v2.
 - ``rollouts``: Meta-world scripted policies and dm_control random policies, rendered.
-- ``clips``: ClipDataset, seeded map-style clips over a weighted mixture of corpora.
+- ``clips``: ClipDataset, seeded map-style clips over a weighted mixture of corpora, and
+  StreamingClipDataset, clips from streamed corpora that do not fit on disk.
 """
 
-from apv_hub.data.clips import ClipDataset
+from apv_hub.data.clips import ClipDataset, StreamingClipDataset
 from apv_hub.data.corpus import (
     FEATURES,
     BuildResult,
@@ -29,6 +31,7 @@ __all__ = [
     "CorpusCard",
     "SkipReport",
     "SourceItem",
+    "StreamingClipDataset",
     "VideoError",
     "VideoInfo",
     "VideoRecord",

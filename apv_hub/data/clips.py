@@ -11,17 +11,22 @@ reported once; ``"pad"`` keeps them and repeats their last frame to fill the cli
 
 A clip that fails to decode is replaced by a fresh deterministic draw, and counted: per item
 (``failed_draws``) and per process (``stats``); each bad video is logged once per process.
+
+``StreamingClipDataset`` (an iterable dataset) draws clips from corpora streamed rather than
+loaded, for corpora that do not fit on disk (see its docstring).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
-from datasets import Dataset
+from datasets import Dataset, IterableDataset
 
 from apv_hub.data.corpus import load_video_corpus
 from apv_hub.data.report import SkipReport
@@ -81,14 +86,7 @@ class ClipDataset(torch.utils.data.Dataset):
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        if length < 1 or stride < 1:
-            raise ValueError(f"length and stride must be >= 1, got {length}, {stride}")
-        if short_videos not in ("skip", "pad"):
-            raise ValueError(f"short_videos must be 'skip' or 'pad', got {short_videos!r}")
-        if resize not in ("crop", "stretch"):
-            raise ValueError(f"resize must be 'crop' or 'stretch', got {resize!r}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"need 0 <= rank < world_size, got rank {rank} of {world_size}")
+        check_clip_args(length, stride, short_videos, resize, rank, world_size)
         if isinstance(corpora, (Dataset, str)) or not isinstance(corpora, Sequence):
             corpora = [corpora]
         self.corpora = [c if isinstance(c, Dataset) else load_video_corpus(c) for c in corpora]
@@ -177,8 +175,7 @@ class ClipDataset(torch.utils.data.Dataset):
         corpus = int(rng.choice(len(self._pools), p=self.weights))
         pool = self._pools[corpus]
         pos = int(rng.integers(len(pool.rows)))
-        start = int(rng.integers(max(int(pool.num_frames[pos]) - self.span, 0) + 1))
-        return corpus, pos, start
+        return corpus, pos, draw_start(rng, int(pool.num_frames[pos]), self.span)
 
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < self.num_clips:
@@ -209,22 +206,230 @@ class ClipDataset(torch.utils.data.Dataset):
         """One clip -> uint8 [T, 3, H, W]."""
         pool = self._pools[corpus]
         row = int(pool.rows[pos])
-        n = int(pool.num_frames[pos])
-        # Past the end (only with short_videos="pad"): repeat the last frame.
-        indices = np.minimum(start + self.stride * np.arange(self.length), n - 1)
-        height, width = self._decode_size(int(pool.heights[pos]), int(pool.widths[pos]))
         data = self._videos[corpus][row]["video"]
-        frames = decode_frames(data, indices, height, width)
-        if frames.shape[0] != self.length:
-            raise VideoError(f"decoded {frames.shape[0]} of {self.length} frames")
-        frames = center_crop(frames, *self.size)
-        return np.ascontiguousarray(frames.transpose(0, 3, 1, 2))
+        video = (int(pool.num_frames[pos]), int(pool.heights[pos]), int(pool.widths[pos]))
+        return decode_clip(data, *video, start, self.length, self.stride, self.size, self.resize)
 
-    def _decode_size(self, height: int, width: int) -> tuple[int, int]:
-        """Size to ask the decoder for (-1, -1: native). Crop mode keeps the aspect ratio."""
-        out_h, out_w = self.size
-        if (height, width) == (out_h, out_w):
-            return -1, -1
-        if self.resize == "stretch":
-            return out_h, out_w
-        return cover_size(height, width, out_h, out_w)
+
+def check_clip_args(
+    length: int, stride: int, short_videos: str, resize: str, rank: int, world_size: int
+) -> None:
+    if length < 1 or stride < 1:
+        raise ValueError(f"length and stride must be >= 1, got {length}, {stride}")
+    if short_videos not in ("skip", "pad"):
+        raise ValueError(f"short_videos must be 'skip' or 'pad', got {short_videos!r}")
+    if resize not in ("crop", "stretch"):
+        raise ValueError(f"resize must be 'crop' or 'stretch', got {resize!r}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"need 0 <= rank < world_size, got rank {rank} of {world_size}")
+
+
+def draw_start(rng: np.random.Generator, num_frames: int, span: int) -> int:
+    """A start frame drawn uniformly among those where a clip of ``span`` frames fits (0 for a
+    shorter video, which is then padded)."""
+    return int(rng.integers(max(num_frames - span, 0) + 1))
+
+
+def decode_clip(
+    data: bytes,
+    num_frames: int,
+    height: int,
+    width: int,
+    start: int,
+    length: int,
+    stride: int,
+    size: tuple[int, int],
+    resize: str,
+) -> np.ndarray:
+    """``length`` frames from ``start``, every ``stride``-th, of a num_frames x height x width
+    video -> uint8 [T, 3, *size]. Past the end (short videos padded) the last frame repeats;
+    ``resize``: "crop" (cover ``size`` keeping the aspect ratio, centre crop) or "stretch"."""
+    indices = np.minimum(start + stride * np.arange(length), num_frames - 1)
+    out_h, out_w = size
+    if (height, width) == (out_h, out_w):
+        decode_h, decode_w = -1, -1  # native
+    elif resize == "stretch":
+        decode_h, decode_w = out_h, out_w
+    else:
+        decode_h, decode_w = cover_size(height, width, out_h, out_w)
+    frames = decode_frames(data, indices, decode_h, decode_w)
+    if frames.shape[0] != length:
+        raise VideoError(f"decoded {frames.shape[0]} of {length} frames")
+    frames = center_crop(frames, out_h, out_w)
+    return np.ascontiguousarray(frames.transpose(0, 3, 1, 2))
+
+
+@dataclass
+class _Buffered:
+    """A streamed video waiting in the buffer, and how many more clips it gives."""
+
+    key: str
+    video: bytes
+    num_frames: int
+    height: int
+    width: int
+    clips_left: int
+
+
+class StreamingClipDataset(torch.utils.data.IterableDataset):
+    """Clips of ``length`` frames from corpora streamed, not loaded (corpora larger than disk).
+
+    Videos stream in (shard order shuffled by the seed, per epoch) into a buffer of
+    ``buffer_size`` videos. Each clip comes from a video drawn uniformly from the buffer, at a
+    uniformly drawn start frame; a video leaves the buffer after ``clips_per_video`` clips and
+    the next streamed video takes its place. So clips of one video are spread over the stream,
+    and one pass reads each video once.
+
+    Items: ``{"frames": uint8 [T, 3, H, W], "key": str, "start": int, "skipped": int}``, where
+    ``skipped`` counts the corrupt videos this worker dropped since its previous item (sum it
+    over batches for a total). A corrupt video is dropped from the buffer at its first failed
+    clip, logged once with its key and counted in ``stats``/``excluded`` (per worker process).
+
+    Sharding: rank ``r`` of ``world_size`` reads its part of the corpus through
+    ``datasets.distributed.split_dataset_by_node`` (whole shards when their number divides by
+    ``world_size``, otherwise every ``world_size``-th video), and the DataLoader workers of a
+    rank split its shards (datasets' shard-aware iteration: a corpus needs at least
+    ranks x workers shards to keep every worker busy). The stream is a pure function of
+    ``(seed, epoch, rank, world_size, workers)``; resuming restarts the epoch.
+
+    Args:
+        corpora: a streamed corpus (``datasets.IterableDataset``), a folder or Hub repo id
+            (opened with ``load_video_corpus(..., streaming=True)``), or a list of them.
+        length, stride, size, short_videos, resize, rank, world_size: as for ClipDataset.
+        weights: mixture probabilities of several corpora (``datasets.interleave_datasets``);
+            default: alternate between them.
+        seed: fixes the shard order and every draw.
+        buffer_size: videos held at once (memory: their encoded bytes).
+        clips_per_video: clips drawn from each streamed video.
+        epochs: passes over the stream per iteration (None: endless); ``set_epoch`` sets the
+            first one.
+    """
+
+    def __init__(
+        self,
+        corpora: IterableDataset | str | Path | Sequence[IterableDataset | str | Path],
+        length: int = 25,
+        stride: int = 1,
+        size: int | tuple[int, int] = 64,
+        weights: Sequence[float] | None = None,
+        seed: int = 0,
+        buffer_size: int = 64,
+        clips_per_video: int = 4,
+        short_videos: str = "skip",
+        resize: str = "crop",
+        rank: int = 0,
+        world_size: int = 1,
+        epochs: int | None = 1,
+    ) -> None:
+        from datasets import interleave_datasets
+        from datasets.distributed import split_dataset_by_node
+
+        check_clip_args(length, stride, short_videos, resize, rank, world_size)
+        if buffer_size < 1 or clips_per_video < 1:
+            raise ValueError("buffer_size and clips_per_video must be >= 1")
+        if isinstance(corpora, (IterableDataset, str, Path)):
+            corpora = [corpora]
+        streams = [
+            c if isinstance(c, IterableDataset) else load_video_corpus(c, streaming=True)
+            for c in corpora
+        ]
+        columns = ["key", "video", "num_frames", "height", "width"]
+        streams = [c.select_columns(columns) for c in streams]
+        if len(streams) > 1:
+            probabilities = None
+            if weights is not None:
+                w = np.asarray(weights, np.float64)
+                if w.shape != (len(streams),) or (w < 0).any() or w.sum() <= 0:
+                    raise ValueError(f"weights must be {len(streams)} non-negative numbers")
+                probabilities = (w / w.sum()).tolist()
+            stream = interleave_datasets(
+                streams,
+                probabilities,
+                seed=seed,
+                stopping_strategy="all_exhausted_without_replacement",
+            )
+        else:
+            stream = streams[0]
+        stream = split_dataset_by_node(stream, rank=rank, world_size=world_size)
+        # buffer_size=1: datasets shuffles the shard order only; the clip buffer mixes videos.
+        self._stream = stream.shuffle(seed=seed, buffer_size=1)
+        self.length, self.stride = length, stride
+        self.size = (size, size) if isinstance(size, int) else tuple(size)
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.short_videos, self.resize = short_videos, resize
+        self.buffer_size, self.clips_per_video = buffer_size, clips_per_video
+        self.epochs, self.epoch = epochs, 0
+        self.stats = {"clips": 0, "videos": 0, "corrupt_videos": 0, "short_videos": 0}
+        self.excluded = SkipReport()
+
+    @property
+    def span(self) -> int:
+        """Frames a clip covers in its video: (length - 1) * stride + 1."""
+        return (self.length - 1) * self.stride + 1
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch the next iteration starts at (it reshuffles shards and draws)."""
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[dict]:
+        worker = torch.utils.data.get_worker_info()
+        worker_id = worker.id if worker is not None else 0
+        epochs = (
+            itertools.count(self.epoch)
+            if self.epochs is None
+            else range(self.epoch, self.epoch + self.epochs)
+        )
+        for epoch in epochs:
+            self._stream.set_epoch(epoch)
+            rng = np.random.default_rng([self.seed, epoch, self.rank, worker_id])
+            yield from self._clips(iter(self._stream), rng)
+
+    def _clips(self, rows: Iterator[dict], rng: np.random.Generator) -> Iterator[dict]:
+        buffer: list[_Buffered] = []
+        skipped = 0
+        while True:
+            while len(buffer) < self.buffer_size and (row := next(rows, None)) is not None:
+                self.stats["videos"] += 1
+                if self.short_videos == "skip" and row["num_frames"] < self.span:
+                    self.stats["short_videos"] += 1
+                    self.excluded.add(
+                        row["key"], f"too short: {row['num_frames']} < {self.span} frames"
+                    )
+                    continue
+                buffer.append(
+                    _Buffered(
+                        row["key"], row["video"], int(row["num_frames"]), int(row["height"]),
+                        int(row["width"]), self.clips_per_video,
+                    )
+                )  # fmt: skip
+            if not buffer:
+                return
+            slot = int(rng.integers(len(buffer)))
+            video = buffer[slot]
+            start = draw_start(rng, video.num_frames, self.span)
+            try:
+                frames = decode_clip(
+                    video.video, video.num_frames, video.height, video.width, start,
+                    self.length, self.stride, self.size, self.resize,
+                )  # fmt: skip
+                video.clips_left -= 1
+            except VideoError as e:
+                skipped += 1
+                self.stats["corrupt_videos"] += 1
+                self.excluded.add(video.key, f"corrupt: {e}")
+                logger.warning("skipping corrupt video %s: %s", video.key, e)
+                video.clips_left = 0
+                frames = None
+            if video.clips_left == 0:
+                buffer[slot] = buffer[-1]
+                buffer.pop()
+            if frames is None:
+                continue
+            self.stats["clips"] += 1
+            yield {
+                "frames": torch.from_numpy(frames),
+                "key": video.key,
+                "start": start,
+                "skipped": skipped,
+            }
+            skipped = 0

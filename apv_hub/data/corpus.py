@@ -7,8 +7,10 @@ A corpus is a folder (locally or as a Hub dataset repo)::
     data/train-00001.parquet
 
 which ``datasets.load_dataset(folder_or_repo_id)`` reads as it is. Videos are stored as encoded
-bytes (H.264 mp4 for frame sources, the original bytes for file sources) and decoded with decord;
-datasets' own ``Video`` feature is not used because it decodes with torchcodec.
+bytes (H.264 mp4 for frame sources, the original bytes for file sources) and decoded with decord
+(or PyAV, see ``video``); datasets' own ``Video`` feature is not used because it decodes with
+torchcodec. Corpora too large for the disk are streamed (``load_video_corpus(...,
+streaming=True)``) and pushed in resumable batches (``push_corpus_to_hub(..., large=True)``).
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from datasets import Dataset, Features, List, Value
+from datasets import Dataset, Features, IterableDataset, List, Value
 
 from apv_hub.data.report import SkipReport
 from apv_hub.data.video import VideoError, VideoInfo, encode_video, probe_video
+from apv_hub.io import file_sha256
 
 FEATURES = Features(
     {
@@ -52,6 +56,9 @@ METADATA_COLUMNS = ("key", "num_frames", "fps", "height", "width", "source", "ta
 DATA_DIR = "data"
 SHARD_GLOB = "train-*.parquet"
 CARD_NAME = "README.md"
+# Pushes of corpora above this size go through the large-folder path (see push_corpus_to_hub).
+LARGE_CORPUS_BYTES = 5 << 30
+SHARDS_PER_COMMIT = 50
 
 
 @dataclass
@@ -344,17 +351,43 @@ def _size_category(n: int) -> str:
 
 
 def load_video_corpus(
-    name_or_path: str | Path, revision: str | None = None, cache_dir: str | None = None
-) -> Dataset:
+    name_or_path: str | Path,
+    revision: str | None = None,
+    cache_dir: str | None = None,
+    streaming: bool = False,
+) -> Dataset | IterableDataset:
     """A corpus folder, or a Hub dataset repo id, -> a ``datasets.Dataset`` (one row per video).
 
     Hub repos are downloaded with ``snapshot_download`` (card and shards only) and read like a
     local folder, so the result is the same memory-mapped dataset either way.
+
+    ``streaming=True`` is for corpora that do not fit on disk: nothing is downloaded up front;
+    the result is a ``datasets.IterableDataset`` that reads the parquet shards (of the folder, or
+    of the repo over HTTP) as it is iterated. ``StreamingClipDataset`` draws clips from it.
     """
     path = Path(name_or_path)
+    if not path.is_dir() and (path.exists() or str(name_or_path).count("/") != 1):
+        raise FileNotFoundError(f"{name_or_path} is neither a corpus folder nor a repo id")
+    if streaming:
+        from datasets import load_dataset
+
+        if path.is_dir():
+            files = shard_paths(path)
+            if not files:
+                raise FileNotFoundError(f"{path} holds no {DATA_DIR}/{SHARD_GLOB} shards")
+            source, data_files = "parquet", {"train": [str(f) for f in files]}
+        else:
+            source, data_files = str(name_or_path), {"train": f"{DATA_DIR}/{SHARD_GLOB}"}
+        return load_dataset(
+            source,
+            data_files=data_files,
+            split="train",
+            streaming=True,
+            features=FEATURES,
+            revision=revision,
+            cache_dir=cache_dir,
+        )
     if not path.is_dir():
-        if path.exists() or str(name_or_path).count("/") != 1:
-            raise FileNotFoundError(f"{name_or_path} is neither a corpus folder nor a repo id")
         from huggingface_hub import snapshot_download
 
         path = Path(
@@ -379,22 +412,94 @@ def push_corpus_to_hub(
     private: bool | None = None,
     token: str | None = None,
     commit_message: str = "Upload video corpus",
+    revision: str | None = None,
+    large: bool | None = None,
+    shards_per_commit: int = SHARDS_PER_COMMIT,
 ) -> str:
-    """Upload a corpus folder (card + shards) to a Hub dataset repo -> the commit URL."""
+    """Upload a corpus folder (card + shards) to a Hub dataset repo -> the URL of the (last)
+    commit (of the repo where ``upload_large_folder`` made them).
+
+    ``revision``: a branch, created if missing. ``large`` (default: above LARGE_CORPUS_BYTES)
+    pushes through the client's large-folder path: ``upload_large_folder`` (huggingface_hub
+    1.x), else ``upload_folder`` when hf_xet is usable (2.x: batched commits that resume), else
+    shards in commits of ``shards_per_commit``, skipping those already in the repo with the same
+    SHA-256, so a re-run after an interruption uploads only what is missing; the card comes last.
+    """
     from huggingface_hub import HfApi
 
-    if not shard_paths(root):
+    root = Path(root)
+    shards = shard_paths(root)
+    if not shards:
         raise FileNotFoundError(f"{root} holds no {DATA_DIR}/{SHARD_GLOB} shards to push")
+    if large is None:
+        large = sum(f.stat().st_size for f in shards) >= LARGE_CORPUS_BYTES
     api = HfApi(token=token)
-    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-    info = api.upload_folder(
-        folder_path=str(root),
-        repo_id=repo_id,
+    url = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+    if revision:
+        api.create_branch(repo_id, repo_type="dataset", branch=revision, exist_ok=True)
+    patterns = [CARD_NAME, f"{DATA_DIR}/*.parquet"]
+    if large and hasattr(api, "upload_large_folder"):  # huggingface_hub 1.x
+        api.upload_large_folder(
+            repo_id=repo_id, folder_path=str(root), repo_type="dataset", revision=revision,
+            private=private, allow_patterns=patterns,
+        )  # fmt: skip
+        return str(url)
+    if large and not _xet_usable():
+        return _push_in_batches(api, root, repo_id, revision, commit_message, shards_per_commit)
+    return str(
+        api.upload_folder(
+            folder_path=str(root), repo_id=repo_id, repo_type="dataset", revision=revision,
+            allow_patterns=patterns, commit_message=commit_message,
+        )
+    )  # fmt: skip
+
+
+def _xet_usable() -> bool:
+    """Whether huggingface_hub uploads through hf_xet (installed and not disabled)."""
+    import importlib.util
+
+    from huggingface_hub import constants
+
+    return importlib.util.find_spec("hf_xet") is not None and not constants.HF_HUB_DISABLE_XET
+
+
+def _push_in_batches(
+    api: Any, root: Path, repo_id: str, revision: str | None, message: str, per_commit: int
+) -> str:
+    """Shards missing from the repo (by SHA-256) in commits of ``per_commit``, then the card."""
+    from huggingface_hub import CommitOperationAdd
+    from huggingface_hub.errors import EntryNotFoundError
+    from tqdm.auto import tqdm
+
+    try:
+        listed = api.list_repo_tree(
+            repo_id, path_in_repo=DATA_DIR, repo_type="dataset", revision=revision
+        )
+        remote = {f.path: f.lfs.sha256 for f in listed if getattr(f, "lfs", None)}
+    except EntryNotFoundError:
+        remote = {}
+    todo = [
+        path
+        for path in tqdm(shard_paths(root), desc="checking shards", leave=False)
+        if remote.get(f"{DATA_DIR}/{path.name}") != file_sha256(path)
+    ]
+    batches = [todo[i : i + per_commit] for i in range(0, len(todo), per_commit)]
+    for i, batch in enumerate(tqdm(batches, desc=f"pushing {repo_id}", unit="commit")):
+        api.create_commit(
+            repo_id,
+            repo_type="dataset",
+            revision=revision,
+            operations=[CommitOperationAdd(f"{DATA_DIR}/{p.name}", str(p)) for p in batch],
+            commit_message=f"{message} (shards, part {i + 1} of {len(batches)})",
+        )
+    card = api.create_commit(
+        repo_id,
         repo_type="dataset",
-        allow_patterns=[CARD_NAME, f"{DATA_DIR}/*.parquet"],
-        commit_message=commit_message,
+        revision=revision,
+        operations=[CommitOperationAdd(CARD_NAME, str(root / CARD_NAME))],
+        commit_message=f"{message} (card)",
     )
-    return str(info)
+    return str(card)
 
 
 def sample_corpus_path() -> Path:

@@ -1,5 +1,6 @@
 """Encoding frames to video bytes and files (PyAV, GIF through Pillow) and probing / decoding
-video bytes (decord).
+video bytes: with decord by default, with PyAV where decord is not installed (it has wheels for
+Linux x86-64 and Windows only) or when ``APV_HUB_DECODER=pyav`` is set.
 
 Frames here are numpy uint8 ``[T, H, W, 3]`` (channels last, what encoders and decoders speak);
 the clip loader turns them into channels-first tensors at the module edge.
@@ -7,17 +8,20 @@ the clip loader turns them into channels-first tensors at the module edge.
 
 from __future__ import annotations
 
+import functools
 import io
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from types import ModuleType
 
 # PyAV before decord: decord bundles its own FFmpeg libraries, and when they load first PyAV's
-# libvpx encoder fails to open (avcodec_open2 returns EINVAL) in the same process.
+# libvpx encoder fails to open (avcodec_open2 returns EINVAL) in the same process. decord is
+# imported lazily (``_decord``), always after this module has imported av.
 import av
-import decord
 import numpy as np
 
 from apv_hub.errors import ApvHubError
@@ -87,15 +91,162 @@ def _fps_fraction(fps: float) -> Fraction:
     return Fraction(fps).limit_denominator(1001)
 
 
-def open_reader(data: bytes, height: int = -1, width: int = -1):
-    """A decord VideoReader over encoded bytes (mp4, webm, avi, mkv ...), resized on decode
-    when ``height``/``width`` are given. Raises VideoError naming what went wrong."""
+# Which decoder reads videos: "decord" (default where installed) or "pyav".
+DECODER_ENV = "APV_HUB_DECODER"
+DECODERS = ("decord", "pyav")
+
+
+@functools.cache
+def _decord() -> ModuleType | None:
+    """decord, imported on first use (PyAV is loaded by then), or None where not installed."""
+    try:
+        import decord
+    except ImportError:
+        return None
+    return decord
+
+
+def decoder_name() -> str:
+    """The decoder in use: ``APV_HUB_DECODER`` if set, else decord when installed, else PyAV."""
+    choice = os.environ.get(DECODER_ENV, "").strip().lower()
+    if choice and choice not in DECODERS:
+        raise ValueError(f"{DECODER_ENV} must be one of {list(DECODERS)}, got {choice!r}")
+    if choice == "pyav":
+        return "pyav"
+    if _decord() is None:
+        if choice == "decord":
+            raise ImportError(
+                f"{DECODER_ENV}=decord but decord is not installed (it has wheels for Linux "
+                "x86-64 and Windows only); unset it to decode with PyAV"
+            )
+        return "pyav"
+    return "decord"
+
+
+class _DecordReader:
+    """decord's VideoReader behind the reader contract (numpy frames, VideoError)."""
+
+    def __init__(self, data: bytes, height: int, width: int) -> None:
+        self._decord = _decord()
+        self._data, self._height, self._width = data, height, width
+        try:
+            self._reader = self._decord.VideoReader(
+                io.BytesIO(data), width=width, height=height, num_threads=1
+            )
+        except (RuntimeError, self._decord.DECORDError) as e:
+            raise VideoError(f"cannot open: {_first_line(e)}") from e
+
+    def __len__(self) -> int:
+        return len(self._reader)
+
+    def get_avg_fps(self) -> float:
+        return float(self._reader.get_avg_fps())
+
+    def get_batch(self, indices: Sequence[int]) -> np.ndarray:
+        try:
+            return self._reader.get_batch([int(i) for i in indices]).asnumpy()
+        except (RuntimeError, IndexError, self._decord.DECORDError) as e:
+            # decord 0.6.0 cannot output some frame widths (e.g. 16, 48, 72: its copy into the
+            # output array fails with this check); PyAV decodes those frames instead.
+            if "DECORDArrayCopyFromTo" in str(e):
+                return _PyAVReader(self._data, self._height, self._width).get_batch(indices)
+            raise VideoError(_first_line(e)) from e
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return self.get_batch([index])[0]
+
+
+class _PyAVReader:
+    """PyAV decoding with decord's contract.
+
+    Frame ``i`` is the frame with the i-th smallest timestamp among the video stream's packets,
+    which are read once when the reader opens (as decord indexes a video). A batch is decoded
+    from the last keyframe at or before its first frame, resized on decode with bilinear
+    scaling (what decord's resize gives, within a grey level or so).
+    """
+
+    def __init__(self, data: bytes, height: int, width: int) -> None:
+        self._data, self._height, self._width = data, height, width
+        try:
+            with av.open(io.BytesIO(data)) as container:
+                if not container.streams.video:
+                    raise VideoError("cannot open: no video stream")
+                stream = container.streams.video[0]
+                rate = stream.average_rate or stream.guessed_rate
+                packets = [(p.pts, p.is_keyframe) for p in container.demux(stream) if p.size]
+        except (av.FFmpegError, ValueError, OSError) as e:
+            raise VideoError(f"cannot open: {_first_line(e)}") from e
+        if not packets:
+            raise VideoError("cannot open: no video frames")
+        self._fps = float(rate) if rate else float("nan")
+        self._count = len(packets)
+        # Without timestamps on every packet, frames are counted in decoding order from the start.
+        timed = all(pts is not None for pts, _ in packets)
+        self._pts = sorted(pts for pts, _ in packets) if timed else None
+        self._index = {pts: i for i, pts in enumerate(self._pts or [])}
+        self._keyframes = sorted(pts for pts, key in packets if key) if timed else []
+
+    def __len__(self) -> int:
+        return self._count
+
+    def get_avg_fps(self) -> float:
+        return self._fps
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return self.get_batch([index])[0]
+
+    def get_batch(self, indices: Sequence[int]) -> np.ndarray:
+        indices = [int(i) for i in indices]
+        wanted = set(indices)
+        if not wanted:
+            raise VideoError("no frame indices given")
+        if min(wanted) < 0 or max(wanted) >= self._count:
+            raise VideoError(f"frame index out of range [0, {self._count}): {sorted(wanted)}")
+        frames = self._decode(wanted, seek=self._pts is not None)
+        if len(frames) < len(wanted) and self._pts is not None:
+            frames = self._decode(wanted, seek=False)  # a seek that overshot: from the start
+        missing = sorted(wanted - set(frames))
+        if missing:
+            raise VideoError(f"frames {missing[:5]} of {self._count} did not decode")
+        return np.stack([frames[i] for i in indices])
+
+    def _decode(self, wanted: set[int], seek: bool) -> dict[int, np.ndarray]:
+        size = {} if self._height < 0 else {"height": self._height, "width": self._width}
+        first, last = min(wanted), max(wanted)
+        frames: dict[int, np.ndarray] = {}
+        try:
+            with av.open(io.BytesIO(self._data)) as container:
+                stream = container.streams.video[0]
+                stream.codec_context.thread_count = 1
+                if seek and self._pts is not None and first > 0:
+                    target = self._pts[first]
+                    keyframe = max((k for k in self._keyframes if k <= target), default=None)
+                    if keyframe is not None and keyframe > self._pts[0]:
+                        container.seek(keyframe, stream=stream, backward=True)
+                for count, frame in enumerate(container.decode(stream)):
+                    index = self._index.get(frame.pts) if self._pts is not None else count
+                    if index is None:
+                        continue
+                    if seek and not frames and index > first:
+                        return frames  # landed after the first wanted frame
+                    if index in wanted:
+                        frames[index] = frame.to_ndarray(format="rgb24", **size)
+                    if len(frames) == len(wanted) or (index >= last and self._pts is None):
+                        break
+        except (av.FFmpegError, ValueError, OSError) as e:
+            raise VideoError(f"after {len(frames)} frames: {_first_line(e)}") from e
+        return frames
+
+
+def open_reader(data: bytes, height: int = -1, width: int = -1) -> _DecordReader | _PyAVReader:
+    """A reader over encoded bytes (mp4, webm, avi, mkv ...), resized on decode when ``height``
+    and ``width`` are given: ``len(reader)`` frames, ``reader.get_batch(indices)`` -> uint8
+    ``[N, H, W, 3]``, ``reader.get_avg_fps()``. decord or PyAV (see ``decoder_name``); both
+    raise VideoError naming what went wrong."""
     if not data:
         raise VideoError("empty file")
-    try:
-        return decord.VideoReader(io.BytesIO(data), width=width, height=height, num_threads=1)
-    except (RuntimeError, decord.DECORDError) as e:
-        raise VideoError(f"cannot open: {_first_line(e)}") from e
+    reader = _DecordReader if decoder_name() == "decord" else _PyAVReader
+    return reader(data, height, width)
 
 
 def decode_frames(
@@ -104,9 +255,9 @@ def decode_frames(
     """Decode the frames at ``indices`` -> uint8 ``[len(indices), H, W, 3]``."""
     reader = open_reader(data, height, width)
     try:
-        return reader.get_batch(list(map(int, indices))).asnumpy()
-    except (RuntimeError, IndexError, decord.DECORDError) as e:
-        raise VideoError(f"cannot decode frames: {_first_line(e)}") from e
+        return reader.get_batch(indices)
+    except VideoError as e:
+        raise VideoError(f"cannot decode frames: {e}") from e
 
 
 def probe_video(data: bytes) -> VideoInfo:
@@ -124,8 +275,8 @@ def probe_video(data: bytes) -> VideoInfo:
         for start in range(0, n, _VERIFY_CHUNK):
             chunk = reader.get_batch(list(range(start, min(start + _VERIFY_CHUNK, n))))
             height, width = chunk.shape[1], chunk.shape[2]
-    except (RuntimeError, IndexError, decord.DECORDError) as e:
-        raise VideoError(f"truncated or corrupt after frame {start}: {_first_line(e)}") from e
+    except VideoError as e:
+        raise VideoError(f"truncated or corrupt after frame {start}: {e}") from e
     fps = float(reader.get_avg_fps())
     if not np.isfinite(fps) or fps <= 0:
         raise VideoError(f"no usable frame rate ({fps})")
