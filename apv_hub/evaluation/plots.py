@@ -37,11 +37,13 @@ def line_with_band(ax, x, y, low, high, *, label: str, colour: str) -> None:
     ax.fill_between(x, low, high, color=colour, alpha=0.2, linewidth=0)
 
 
-def interval_bars(ax, labels: list[str], point, low, high, palette: dict[str, str]) -> None:
-    """One horizontal bar per label spanning [low, high] with a tick at the point estimate."""
-    for i, label in enumerate(labels):
-        ax.barh(i, high[i] - low[i], left=low[i], height=0.6, color=palette[label], alpha=0.6)
-        ax.vlines(point[i], i - 0.3, i + 0.3, color="black", linewidth=2)
+def interval_bars(ax, labels: list[str], entries: list[dict], palette: dict[str, str]) -> None:
+    """One horizontal bar per label spanning its interval ``entry["ci"]`` with a tick at
+    ``entry["point"]``."""
+    for i, (label, entry) in enumerate(zip(labels, entries, strict=True)):
+        low, high = entry["ci"]
+        ax.barh(i, high - low, left=low, height=0.6, color=palette[label], alpha=0.6)
+        ax.vlines(entry["point"], i - 0.3, i + 0.3, color="black", linewidth=2)
     ax.set_yticks(np.arange(len(labels)), labels)
     ax.invert_yaxis()
 

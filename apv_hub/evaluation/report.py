@@ -607,14 +607,7 @@ def write_plots(
     fig, axes = plots.new_figure(len(names), 1, panel=(3.2, 0.6 + 0.5 * len(labels)))
     for ax, name in zip(axes[0], names, strict=True):
         entries = [report["aggregates"][label][name] for label in labels]
-        plots.interval_bars(
-            ax,
-            labels,
-            [e["point"] for e in entries],
-            [e["ci"][0] for e in entries],
-            [e["ci"][1] for e in entries],
-            palette,
-        )
+        plots.interval_bars(ax, labels, entries, palette)
         ax.set_title(AGGREGATE_TITLES[name])
         if ax is not axes[0, 0]:
             ax.set_yticks([])
@@ -646,14 +639,7 @@ def write_plots(
         entries = [poi["results"][label] for label in others]
         fig, axes = plots.new_figure(panel=(5.0, 0.8 + 0.5 * len(others)))
         ax = axes[0, 0]
-        plots.interval_bars(
-            ax,
-            others,
-            [e["point"] for e in entries],
-            [e["ci"][0] for e in entries],
-            [e["ci"][1] for e in entries],
-            palette,
-        )
+        plots.interval_bars(ax, others, entries, palette)
         ax.axvline(0.5, color="grey", linestyle="--")
         ax.set(xlim=(0, 1), xlabel=f"P(variant > {poi['baseline']})")
         ax.set_title("Probability of improvement")
