@@ -97,9 +97,13 @@ class APVVideoModel(nn.Module, SafetensorsHubMixin, **VIDEO_MODEL_METADATA):
         post, prior = self.rssm.observe(embed, None, is_first, sample=sample)
         return embed, post, prior
 
-    def features(self, frames: Tensor, is_first: Tensor | None = None) -> Tensor:
-        """uint8 frames [B, T, C, H, W] -> action-free posterior features [B, T, feat_dim]."""
-        _, post, _ = self.observe(frames, is_first)
+    def features(
+        self, frames: Tensor, is_first: Tensor | None = None, sample: bool = True
+    ) -> Tensor:
+        """uint8 frames [B, T, C, H, W] -> action-free posterior features [B, T, feat_dim].
+
+        ``sample=False`` uses the latent modes instead of draws (deterministic features)."""
+        _, post, _ = self.observe(frames, is_first, sample=sample)
         return self.rssm.get_feat(post)
 
     def loss(

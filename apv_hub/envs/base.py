@@ -113,6 +113,20 @@ class PixelEnv:
             f"action_repeat={self.action_repeat}, render_size={self.render_size})"
         )
 
+    def state_layout(self) -> dict[str, slice]:
+        """Named parts of the state vector of ``info["state"]`` (e.g. Meta-world's hand, gripper
+        and object positions, or the observation keys of a DMC task); the whole vector as
+        ``state`` where the environment names no parts."""
+        try:
+            return self.env.get_wrapper_attr("state_layout")()
+        except AttributeError:
+            shape = self.env.observation_space.shape
+            if shape is None or len(shape) != 1:
+                raise TypeError(
+                    f"{self.name}: the state observation is not a vector ({shape})"
+                ) from None
+            return {"state": slice(0, int(shape[0]))}
+
     @property
     def env_steps(self) -> int:
         """Environment steps taken in the current episode (counting repeats)."""

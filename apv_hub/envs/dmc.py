@@ -75,6 +75,15 @@ class DMCEnv(gym.Env):
         """The dm_control physics (for tests and diagnostics)."""
         return self._env.physics
 
+    def state_layout(self) -> dict[str, slice]:
+        """Where each key of the suite's observation dict lies in the flattened state vector."""
+        layout, start = {}, 0
+        for key, spec in self._env.observation_spec().items():
+            size = int(np.prod(spec.shape))
+            layout[key] = slice(start, start + size)
+            start += size
+        return layout
+
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[np.ndarray, dict[str, Any]]:

@@ -17,8 +17,8 @@ camera_name="corner", ...)`` with three changes that matter for pixels-based RL:
 * Episodes last 500 steps (``max_path_length``, the longest Meta-world allows) and never end on
   success; ``success`` (0/1) is reported in every observation.
 
-The 39-dimensional state observation is returned in ``info["state"]``: Meta-world's scripted
-policies (`scripted_policy`) read it.
+The 39-dimensional state observation is returned in ``info["state"]`` (its parts:
+`STATE_LAYOUT`): Meta-world's scripted policies (`scripted_policy`) read it.
 """
 
 from __future__ import annotations
@@ -74,6 +74,18 @@ def make_gym_env(
     return SeedOnReset(env)
 
 
+# The 39-dimensional Meta-world (v3) state: the current frame's hand position, gripper opening and
+# two object poses (position + quaternion each, zero-padded), the same 18 numbers one step earlier,
+# and the goal position (zeros while the goal is hidden, as in MT1).
+STATE_LAYOUT = {
+    "hand": slice(0, 3),
+    "gripper": slice(3, 4),
+    "objects": slice(4, 18),
+    "previous_step": slice(18, 36),
+    "goal": slice(36, 39),
+}
+
+
 class SeedOnReset(gym.Wrapper):
     """Make ``reset(seed=...)`` reseed a Meta-world environment.
 
@@ -88,6 +100,10 @@ class SeedOnReset(gym.Wrapper):
         if seed is not None:
             self.env.unwrapped.seed(seed)
         return self.env.reset(options=options)
+
+    def state_layout(self) -> dict[str, slice]:
+        """Named parts of the state observation (`STATE_LAYOUT`)."""
+        return dict(STATE_LAYOUT)
 
 
 def scripted_policy(task: str) -> Any:

@@ -14,7 +14,9 @@ episode ``i`` starts from seed ``episode_seed(seed, i)``, so the same agent gets
 The score (``score.json``) holds the mean return and, for environments that report ``success``
 (Meta-world), the success rate (an episode succeeds if ``success`` is reached at any step, as APV
 and DreamerV2 count it), each with its per-episode values and a 95% percentile-bootstrap
-confidence interval of the mean.
+confidence interval of the mean. That interval resamples the evaluation episodes of this one run:
+it measures how well the episodes pin down this agent's score, not how much the score varies
+between training seeds. Across seeds and tasks, use ``apv-report`` (`apv_hub.evaluation.report`).
 """
 
 from __future__ import annotations
@@ -33,8 +35,15 @@ from apv_hub.agent import APVAgent
 from apv_hub.cli import command
 from apv_hub.config_base import ConfigError, parse_assignments
 from apv_hub.envs import EnvPool
+from apv_hub.evaluation.aggregate import stratified_bootstrap
 from apv_hub.io import write_json
 
+# What the interval of score.json resamples, written beside it so that no reader mistakes it for
+# an interval over training seeds.
+CI_OVER = (
+    "percentile bootstrap over the evaluation episodes of this one run (not over training seeds: "
+    "use apv-report for that)"
+)
 # Streams of `numpy.random.SeedSequence` entropy: evaluation seeds never equal training seeds.
 EVAL_STREAM = 1
 
@@ -112,27 +121,32 @@ def _run_round(
 def bootstrap_ci(
     values: Sequence[float], confidence: float = 0.95, resamples: int = 10_000, seed: int = 0
 ) -> tuple[float, float]:
-    """Percentile-bootstrap confidence interval of the mean of ``values``."""
+    """Percentile-bootstrap confidence interval of the mean of ``values``, resampling the values
+    (here: the evaluation episodes of one run; it says nothing about other seeds)."""
     values = np.asarray(values, np.float64)
     if len(values) == 0:
         raise ValueError("bootstrap_ci needs at least one value")
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), (resamples, len(values)))].mean(1)
-    alpha = (1 - confidence) / 2
-    low, high = np.quantile(means, [alpha, 1 - alpha])
-    return float(low), float(high)
+    interval = stratified_bootstrap(
+        [[values[:, None]]],
+        lambda tasks: tasks[0].mean(axis=1),
+        reps=resamples,
+        confidence=confidence,
+        seed=seed,
+    )
+    return float(interval.low[0]), float(interval.high[0])
 
 
 def summarize(results: Sequence[EpisodeResult]) -> dict[str, Any]:
     """Score of evaluation episodes: ``return`` (and ``success_rate`` where reported), each
     ``{"mean", "ci95": [low, high], "per_episode"}``, plus ``episodes``, ``seeds``,
-    ``lengths``."""
+    ``lengths`` and ``ci95_over`` (what the intervals resample: the episodes, see `CI_OVER`)."""
     if not results:
         raise ValueError("no episodes to summarize")
     score: dict[str, Any] = {
         "episodes": len(results),
         "seeds": [r.seed for r in results],
         "lengths": [r.length for r in results],
+        "ci95_over": CI_OVER,
     }
     metrics = {"return": [r.episode_return for r in results]}
     if all(r.success is not None for r in results):
@@ -183,7 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="apv-evaluate",
         description="Run deterministic episodes of a fine-tuned APV agent; write an mp4 of them "
         "and score.json (mean return, success rate where the environment reports it, "
-        "per-episode values, 95%% bootstrap confidence intervals).",
+        "per-episode values, 95%% confidence intervals). The intervals are a bootstrap over the "
+        "evaluation episodes of this one run, not over training seeds; to compare runs across "
+        "seeds and tasks use apv-report.",
     )
     parser.add_argument(
         "--agent", required=True, help="agent checkpoint folder or Hub repo id (APVAgent)"
