@@ -332,6 +332,21 @@ class Run:
         return self.accelerator.device
 
     def _open_folder(self, resume: bool) -> None:
+        self._check_folder(resume)
+        # Every process has looked before the main one writes.
+        self.accelerator.wait_for_everyone()
+        if self.is_main:
+            self.paths.root.mkdir(parents=True, exist_ok=True)
+            self.lock.acquire()
+            try:  # Again under the lock: of two new runs racing for one folder, one wins.
+                self._check_folder(resume)
+            except RunExistsError:
+                self.lock.release()
+                raise
+            # A resumed run's schedule changes (--steps ...) hold for later resumes too.
+            self.config.save(self.paths.config)
+
+    def _check_folder(self, resume: bool) -> None:
         paths = self.paths
         exists = paths.config.exists()
         if resume and not exists:
@@ -341,13 +356,6 @@ class Run:
                 f"{paths.root} already holds a run; continue it with --resume {paths.root} "
                 "or choose another --out"
             )
-        # Every process has looked before the main one writes.
-        self.accelerator.wait_for_everyone()
-        if self.is_main:
-            paths.root.mkdir(parents=True, exist_ok=True)
-            self.lock.acquire()
-            # A resumed run's schedule changes (--steps ...) hold for later resumes too.
-            self.config.save(paths.config)
 
     # Resume and checkpoints --------------------------------------------------------------------
 
