@@ -25,7 +25,7 @@ from datasets import Dataset
 
 from apv_hub.data.corpus import load_video_corpus
 from apv_hub.data.report import SkipReport
-from apv_hub.data.video import VideoError, center_crop, cover_size, decode_frames
+from apv_hub.data.video import VideoError, center_crop, decode_frames, decode_size
 
 logger = logging.getLogger(__name__)
 
@@ -212,19 +212,12 @@ class ClipDataset(torch.utils.data.Dataset):
         n = int(pool.num_frames[pos])
         # Past the end (only with short_videos="pad"): repeat the last frame.
         indices = np.minimum(start + self.stride * np.arange(self.length), n - 1)
-        height, width = self._decode_size(int(pool.heights[pos]), int(pool.widths[pos]))
+        height, width = decode_size(
+            int(pool.heights[pos]), int(pool.widths[pos]), *self.size, self.resize
+        )
         data = self._videos[corpus][row]["video"]
         frames = decode_frames(data, indices, height, width)
         if frames.shape[0] != self.length:
             raise VideoError(f"decoded {frames.shape[0]} of {self.length} frames")
         frames = center_crop(frames, *self.size)
         return np.ascontiguousarray(frames.transpose(0, 3, 1, 2))
-
-    def _decode_size(self, height: int, width: int) -> tuple[int, int]:
-        """Size to ask the decoder for (-1, -1: native). Crop mode keeps the aspect ratio."""
-        out_h, out_w = self.size
-        if (height, width) == (out_h, out_w):
-            return -1, -1
-        if self.resize == "stretch":
-            return out_h, out_w
-        return cover_size(height, width, out_h, out_w)
