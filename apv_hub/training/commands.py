@@ -69,6 +69,8 @@ FINETUNE_FLAGS = {
     "--env": "env",
     "--pretrained": "pretrained",
     "--variant": "variant",
+    "--reward-model": "reward_model",
+    "--reward-class": "reward_class",
     "--steps": "total_env_steps",
     "--seed": "seed",
     "--num-envs": "num_envs",

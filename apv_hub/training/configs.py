@@ -262,6 +262,15 @@ class FinetuneConfig(RunConfig):
     agent: AgentConfig = option(
         factory=lambda: AgentConfig.preset("metaworld"), help="the agent's sections"
     )
+    reward_model: str | None = option(
+        None, "variant viper: the VIPERRewardModel (folder or Hub repo id) whose rewards train it"
+    )
+    reward_class: str | None = option(
+        None, "variant viper: the reward model's task class (default: the environment's task)"
+    )
+    relabel_segment: int = option(
+        64, "variant viper: steps per environment scored in one reward-model call"
+    )
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         # REFERENCE section 2, Meta-world: 256K steps, prefill 5000, 100 pretrain updates, 10
@@ -321,6 +330,18 @@ class FinetuneConfig(RunConfig):
         for name in ("prefill", "pretrain_updates"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
+        if self.relabel_segment < 1:
+            raise ConfigError(f"relabel_segment must be positive, got {self.relabel_segment}")
+        if self.variant == "viper" and self.reward_model is None:
+            raise ConfigError(
+                "variant viper learns from a video reward model's rewards: pass --reward-model "
+                "(a VIPERRewardModel folder or Hub repo id, e.g. from apv-viper-train)"
+            )
+        if self.variant != "viper" and (self.reward_model or self.reward_class):
+            raise ConfigError(
+                f"reward_model / reward_class replace the task reward of variant viper only; "
+                f"variant {self.variant} learns from the task reward"
+            )
 
     @property
     def action_repeat(self) -> int:
