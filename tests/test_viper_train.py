@@ -58,10 +58,14 @@ def checkpoint_files(folder: Path) -> dict[str, torch.Tensor]:
     return out
 
 
+PUSHED = "viper/sample-run"
+
+
 @pytest.fixture(scope="module")
-def sample_run(tmp_path_factory) -> Path:
+def sample_run(tmp_path_factory, local_hub) -> Path:
+    """6 tokenizer + 6 prior steps, the final model pushed to the local Hub as PUSHED."""
     out = tmp_path_factory.mktemp("viper") / "run"
-    args = tiny_args(out, 6, 6, "--log-every", "3", "--eval-every", "3")
+    args = tiny_args(out, 6, 6, "--log-every", "3", "--eval-every", "3", "--push-to-hub", PUSHED)
     assert main([*args, "--checkpoint-every", "4", "--set", "num_workers=1"]) == 0
     return out
 
@@ -132,7 +136,7 @@ def test_short_run_writes_checkpoints_logs_videos_and_a_model_whose_card_states_
     assert "- Data: apv-hub sample corpus (Meta-world scripted policies)" in card
     assert "apv-viper-train --data sample" in card and "reward statistics: 4 whole" in card
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["steps"] == 12 and summary["classes"] == TASKS
+    assert summary["steps"] == 12 and summary["classes"] == TASKS and summary["pushed_to"]
 
 
 def test_resume_mid_prior_equals_the_uninterrupted_run(straight_run, tmp_path):
@@ -237,12 +241,11 @@ def test_score_writes_a_plot_and_the_rewards_of_model_score(sample_run, tmp_path
     assert "no video file" in capsys.readouterr().err
 
 
-def test_score_loads_a_model_by_repo_id(sample_run, local_hub, tmp_path):
-    VIPERRewardModel.from_pretrained(sample_run / "model").push_to_hub("viper/score-test")
+def test_score_loads_the_pushed_run_by_repo_id(sample_run, tmp_path):
     corpus = load_video_corpus(sample_corpus_path())
     video = tmp_path / "reach.mp4"
     video.write_bytes(corpus[0]["video"])
-    assert score_main(["viper/score-test", str(video), "--class", "reach-v3"]) == 0
+    assert score_main([PUSHED, str(video), "--class", "reach-v3"]) == 0
     local = tmp_path / "local.png"
     assert score_main([str(sample_run / "model"), str(video), "--class", "reach-v3", "--out",
                        str(local)]) == 0  # fmt: skip
