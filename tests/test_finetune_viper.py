@@ -157,6 +157,14 @@ def test_resume_of_a_viper_run_equals_the_uninterrupted_run(reward_model, tmp_pa
 
 
 def test_viper_settings_are_checked_before_a_run_starts(reward_model, tmp_path, capsys):
+    args = ["--env", "dmc/walker-walk", "--variant", "viper", "--out", str(tmp_path / "run")]
+    assert main([*args, "--reward-model", str(reward_model), "--print-config"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["reward_model"] == str(reward_model) and printed["preset_name"] == "dmc"
+    assert printed["agent"]["intrinsic"]["kind"] == "disagreement"
+    assert not printed["agent"]["world_model"]["stacked"]
+    assert main(args) == 2
+    assert "pass --reward-model" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="pass --reward-model"):
         FinetuneConfig.preset("tiny", "viper", env=SLIDE_ENV)
     with pytest.raises(ConfigError, match="variant apv learns from the task reward"):

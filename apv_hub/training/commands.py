@@ -277,7 +277,11 @@ def new_finetune_config(preset: str | None) -> Callable[[dict[str, Any]], Config
         if not env:
             raise ConfigError("--env is required for a new run (or --config FILE)")
         variant = assignments.get("variant", "apv")
-        return FinetuneConfig.preset(preset or default_preset(str(env)), str(variant), env=env)
+        # Variant viper's preset is only valid with its reward model.
+        reward_model = assignments.get("reward_model")
+        return FinetuneConfig.preset(
+            preset or default_preset(str(env)), str(variant), env=env, reward_model=reward_model
+        )
 
     return build
 
