@@ -24,7 +24,7 @@ from apv_hub.behavior import ActorCritic
 from apv_hub.cards import AGENT_METADATA, agent_model_card
 from apv_hub.config import AgentConfig, ConfigError
 from apv_hub.hub import SafetensorsHubMixin
-from apv_hub.intrinsic import VideoIntrinsicBonus
+from apv_hub.intrinsic import DisagreementBonus, VideoIntrinsicBonus
 from apv_hub.io import write_json
 from apv_hub.optim import (
     OPTIMIZERS_FILE,
@@ -71,9 +71,20 @@ class APVAgent(nn.Module, SafetensorsHubMixin, **AGENT_METADATA):
         # Where the pre-trained part came from and what was copied, for the card.
         self.training_info: dict[str, Any] = dict(training or {})
         self.world_model = APVWorldModel(config.video, config.world_model, action_dim)
+        intrinsic = config.intrinsic
+        # The exploration bonus (IntrinsicConfig.kind): APV's on the reward head's target, or
+        # Plan2Explore's ensemble on the imagined rewards.
         self.bonus = (
-            VideoIntrinsicBonus(self.world_model.af_feat_dim, config.intrinsic)
-            if config.intrinsic.enabled
+            VideoIntrinsicBonus(self.world_model.af_feat_dim, intrinsic)
+            if intrinsic.enabled and intrinsic.kind == "video"
+            else None
+        )
+        rssm = self.world_model.rssm
+        self.disagreement = (
+            DisagreementBonus(
+                rssm.feat_dim, action_dim, rssm.stoch * rssm.classes, intrinsic, config.video.act
+            )
+            if intrinsic.enabled and intrinsic.kind == "disagreement"
             else None
         )
         self.behavior = ActorCritic(self.world_model.feat_dim, action_dim, config.behavior)
@@ -129,12 +140,16 @@ class APVAgent(nn.Module, SafetensorsHubMixin, **AGENT_METADATA):
         return int(self.behavior.updates)
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Trained parameters per optimiser: ``model`` (world model), ``actor``, ``critic``."""
-        return {
+        """Trained parameters per optimiser: ``model`` (world model), ``actor``, ``critic``, and
+        ``intrinsic`` (the disagreement ensemble) where there is one."""
+        groups = {
             "model": list(self.world_model.parameters()),
             "actor": list(self.behavior.actor.parameters()),
             "critic": list(self.behavior.critic.parameters()),
         }
+        if self.disagreement is not None:
+            groups["intrinsic"] = list(self.disagreement.parameters())
+        return groups
 
     def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         """Fresh optimisers of this agent (see the module-level `make_optimizers`)."""
@@ -176,6 +191,18 @@ class APVAgent(nn.Module, SafetensorsHubMixin, **AGENT_METADATA):
             accelerator,
             hold,
         )
+        if self.disagreement is not None:
+            ensemble_loss, ensemble_metrics = self.disagreement.loss(
+                obs.feat, batch["action"], obs.post["stoch"], batch["is_first"]
+            )
+            metrics.update(ensemble_metrics)
+            metrics["intrinsic_grad_norm"] = apply_gradients(
+                ensemble_loss,
+                optimizers["intrinsic"],
+                self.disagreement.parameters(),
+                wm_cfg.grad_clip,
+                accelerator,
+            )
         start = {k: v.flatten(0, 1) for k, v in obs.post.items()}
         metrics.update(
             self.behavior.update(
@@ -185,6 +212,7 @@ class APVAgent(nn.Module, SafetensorsHubMixin, **AGENT_METADATA):
                 optimizers["critic"],
                 batch["is_terminal"].flatten(0, 1),
                 accelerator,
+                self.disagreement,
             )
         )
         metrics["pretrained_frozen"] = float(frozen)
@@ -290,10 +318,11 @@ class APVAgent(nn.Module, SafetensorsHubMixin, **AGENT_METADATA):
 
 
 def make_optimizers(agent: APVAgent) -> dict[str, torch.optim.Optimizer]:
-    """Adam optimisers (L2 weight decay) for ``model``, ``actor`` and ``critic`` (REFERENCE 2)."""
+    """Adam optimisers (L2 weight decay) for ``model``, ``actor`` and ``critic`` (REFERENCE 2),
+    and ``intrinsic`` for a disagreement ensemble (DreamerV2's Plan2Explore settings)."""
     wm, bc = agent.config.world_model, agent.config.behavior
     groups = agent.parameter_groups()
-    return {
+    optimizers = {
         "model": torch.optim.Adam(
             groups["model"], lr=wm.lr, eps=wm.adam_eps, weight_decay=wm.weight_decay
         ),
@@ -304,3 +333,11 @@ def make_optimizers(agent: APVAgent) -> dict[str, torch.optim.Optimizer]:
             groups["critic"], lr=bc.critic_lr, eps=bc.adam_eps, weight_decay=bc.weight_decay
         ),
     }
+    if "intrinsic" in groups:
+        optimizers["intrinsic"] = torch.optim.Adam(
+            groups["intrinsic"],
+            lr=agent.config.intrinsic.ensemble_lr,
+            eps=wm.adam_eps,
+            weight_decay=wm.weight_decay,
+        )
+    return optimizers

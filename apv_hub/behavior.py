@@ -169,13 +169,19 @@ class ActorCritic(nn.Module):
         return self.slow_critic if self.config.slow_target else self.critic
 
     def imagine(
-        self, model: ImaginationModel, start: State, is_terminal: Tensor | None = None
+        self,
+        model: ImaginationModel,
+        start: State,
+        is_terminal: Tensor | None = None,
+        intrinsic: Any = None,
     ) -> dict[str, Tensor]:
         """Roll out ``horizon`` steps from start states [N, ...] -> sequences [N, H + 1, ...].
 
         Returns feat, action (action[:, t] led to step t; zeros at t = 0), reward, discount
         (gamma, times the predicted continuation when the model has a head; at t = 0 the true
         1 - is_terminal [N] of the start state then) and weight (cumulative discount before t).
+        ``intrinsic`` (e.g. `apv_hub.intrinsic.DisagreementBonus`): its ``imagined_reward(seq)``
+        [N, H + 1] is added to the reward and returned as ``intrinsic``.
         """
         cfg = self.config
         state = start
@@ -190,6 +196,9 @@ class ActorCritic(nn.Module):
             actions.append(action)
         seq = {"feat": torch.stack(feats, 1), "action": torch.stack(actions, 1)}
         seq["reward"] = model.predict_reward(seq["feat"])
+        if intrinsic is not None:
+            seq["intrinsic"] = intrinsic.imagined_reward(seq)
+            seq["reward"] = seq["reward"] + seq["intrinsic"]
         continuation = model.predict_continuation(seq["feat"])
         if continuation is None:
             discount = torch.full_like(seq["reward"], cfg.discount)
@@ -246,14 +255,16 @@ class ActorCritic(nn.Module):
         critic_opt: torch.optim.Optimizer,
         is_terminal: Tensor | None = None,
         accelerator: Any = None,
+        intrinsic: Any = None,
     ) -> dict[str, float]:
-        """One actor and one critic step from start states [N, ...] (detached here)."""
+        """One actor and one critic step from start states [N, ...] (detached here); the
+        ``intrinsic`` bonus of imagined states is added to their rewards (see ``imagine``)."""
         cfg = self.config
         start = {k: v.detach() for k, v in start.items()}
-        with no_param_grads(model):
+        with no_param_grads(model), no_param_grads(intrinsic):
             grad = torch.enable_grad() if cfg.actor_grad == "dynamics" else torch.no_grad()
             with grad:
-                seq = self.imagine(model, start, is_terminal)
+                seq = self.imagine(model, start, is_terminal, intrinsic)
                 target = self.target(seq)
         actor_loss, metrics = self.actor_loss(seq, target)
         critic_loss, critic_metrics = self.critic_loss(seq, target)
@@ -265,6 +276,8 @@ class ActorCritic(nn.Module):
             critic_loss, critic_opt, self.critic.parameters(), cfg.grad_clip, accelerator
         )
         metrics["imag_reward_mean"] = seq["reward"].mean().item()
+        if "intrinsic" in seq:
+            metrics["imag_intrinsic_mean"] = seq["intrinsic"][:, :-1].mean().item()
         metrics["imag_return_mean"] = target.mean().item()
         metrics["imag_action_abs_mean"] = seq["action"][:, 1:].abs().mean().item()
         self.update_slow_target()

@@ -203,12 +203,7 @@ A world-model agent from APV (Seo et al., ICML 2022): variant `{cfg.variant()}`.
     }; action-conditional input
   `{wm.ac_input}`; {counts["model"]:,} parameters
 - Pre-trained video model: {pretrained}; copied: {transferred}
-- Intrinsic bonus: {
-        f"beta {cfg.intrinsic.beta}, window {cfg.intrinsic.window}, "
-        f"k {cfg.intrinsic.k}, queue {cfg.intrinsic.queue_size}"
-        if cfg.intrinsic.enabled
-        else "off"
-    }
+- Exploration bonus: {intrinsic_line(cfg.intrinsic)}
 - Actor-critic: horizon {cfg.behavior.horizon}, discount {cfg.behavior.discount}, lambda
   {cfg.behavior.discount_lambda}; actor {counts["actor"]:,} and critic {counts["critic"]:,}
   parameters; {agent.num_updates} updates done
@@ -235,6 +230,21 @@ action, state = agent.act(obs, state=None, explore=False)   # [1, {agent.action_
     return ModelCard(f"---\n{header.to_yaml()}\n---\n{body}")
 
 
+def intrinsic_line(intrinsic: Any) -> str:
+    """The card's words for an agent's exploration bonus (an IntrinsicConfig)."""
+    if not intrinsic.enabled:
+        return "off"
+    if intrinsic.kind == "disagreement":
+        return (
+            f"Plan2Explore disagreement of {intrinsic.ensemble} one-step models on imagined "
+            f"states, beta {intrinsic.beta}"
+        )
+    return (
+        f"APV video-based, beta {intrinsic.beta}, window {intrinsic.window}, k {intrinsic.k}, "
+        f"queue {intrinsic.queue_size}"
+    )
+
+
 def finetune_section(info: dict[str, Any] | None) -> str:
     """The card's fine-tuning section: environment, variant, steps and the evaluation curve as
     measured (empty for an agent that was not fine-tuned by apv_hub.training.finetune)."""
@@ -250,6 +260,11 @@ def finetune_section(info: dict[str, Any] | None) -> str:
         f"- Environment steps: {info.get('env_steps')} ({info.get('policy_steps')} policy steps), "
         f"{info.get('updates')} updates, {info.get('processes', 1)} process(es)",
     ]
+    if info.get("reward_model"):
+        lines.append(
+            f"- Reward: VIPER reward model `{info['reward_model']}` (standardised likelihoods of "
+            "the agent's frames); the task reward was used for evaluation only"
+        )
     if info.get("command"):
         lines += ["- Command:", "", "```bash", str(info["command"]), "```"]
     curve = info.get("eval_curve") or []

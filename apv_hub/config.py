@@ -33,6 +33,8 @@ AC_INPUTS = ("af_feat", "embed_af_feat")
 # Which pre-trained parts APVWorldModel.from_video_model copies.
 TRANSFERS = ("all", "encoder_decoder", "none")
 ACTOR_GRADS = ("dynamics", "reinforce")
+# The exploration bonus: APV's video-based one, or Plan2Explore's ensemble disagreement.
+INTRINSIC_KINDS = ("video", "disagreement")
 
 
 def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -208,9 +210,18 @@ class BehaviorConfig(Config):
 
 
 class IntrinsicConfig(Config):
-    """APV's video-based intrinsic bonus (REFERENCE section 1.3)."""
+    """The exploration bonus: APV's video-based bonus (REFERENCE section 1.3), or Plan2Explore's
+    disagreement (VIPER's exploration, REFERENCE section 5).
 
-    enabled: bool = option(True, "add the bonus to the reward-head target")
+    ``kind="video"``: k-NN novelty of windowed action-free features, added to the reward head's
+    target on replay (needs a stacked world model). ``kind="disagreement"``: an ensemble of
+    one-step models predicts the next stochastic state from the features and the action; the
+    standard deviation of their predictions, normalised, is added to the rewards of imagined
+    rollouts (`apv_hub.intrinsic`).
+    """
+
+    enabled: bool = option(True, "use an exploration bonus")
+    kind: str = option("video", f"which bonus: one of {INTRINSIC_KINDS}")
     beta: float = option(1.0, "bonus scale (Meta-world 1, DMC 0.1)")
     window: int = option(5, "sliding window over the action-free features")
     proj_dim: int = option(128, "size of the fixed random projection")
@@ -221,10 +232,26 @@ class IntrinsicConfig(Config):
     norm_momentum: float = option(0.99, "momentum of the running mean of |bonus|")
     norm_eps: float = option(1e-8, "added to the running mean before dividing")
     norm_init: float = option(1.0, "initial running mean")
+    ensemble: int = option(8, "disagreement: one-step models in the ensemble (VIPER: 8)")
+    ensemble_units: int = option(400, "disagreement: units of each one-step model's MLP")
+    ensemble_layers: int = option(4, "disagreement: hidden layers of each one-step model")
+    ensemble_lr: float = option(3e-4, "disagreement: Adam learning rate of the ensemble")
+
+    LEGACY: ClassVar[dict[str, Any]] = {
+        "kind": "video",
+        "ensemble": 8,
+        "ensemble_units": 400,
+        "ensemble_layers": 4,
+        "ensemble_lr": 3e-4,
+    }
 
     def validate(self) -> None:
+        check_choice("kind", self.kind, INTRINSIC_KINDS)
         check_positive(self, "window", "proj_dim", "proj_std", "queue_size", "k")
+        check_positive(self, "ensemble_units", "ensemble_layers", "ensemble_lr")
         check_unit_interval(self, "norm_momentum")
+        if self.ensemble < 2:
+            raise ConfigError(f"ensemble needs at least 2 models to disagree, got {self.ensemble}")
 
 
 class AgentConfig(Config):
@@ -245,13 +272,14 @@ class AgentConfig(Config):
 
     def validate(self) -> None:
         check_positive(self, "batch_size", "seq_len")
-        if self.intrinsic.enabled and not self.world_model.stacked:
+        video_bonus = self.intrinsic.enabled and self.intrinsic.kind == "video"
+        if video_bonus and not self.world_model.stacked:
             raise ConfigError(
                 "the video-based intrinsic bonus reads the action-free model, which a "
                 "non-stacked world model (DreamerV2, naive fine-tuning) does not have; "
-                "set intrinsic.enabled=false"
+                "set intrinsic.enabled=false or intrinsic.kind=disagreement"
             )
-        if self.intrinsic.enabled and self.seq_len < self.intrinsic.window:
+        if video_bonus and self.seq_len < self.intrinsic.window:
             raise ConfigError(
                 f"seq_len {self.seq_len} is shorter than the bonus window {self.intrinsic.window}"
             )
@@ -288,7 +316,7 @@ class AgentConfig(Config):
 # The switches that tell the variants apart, at their APV values.
 BASE_SWITCHES: dict[str, dict[str, Any]] = {
     "world_model": {"stacked": True, "transfer": "all"},
-    "intrinsic": {"enabled": True},
+    "intrinsic": {"enabled": True, "kind": "video"},
 }
 
 # The paper's baselines as switch settings over one implementation (REFERENCE section 1.4).
@@ -307,6 +335,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "dreamerv2": {
         "world_model": {"stacked": False, "transfer": "none", "freeze_pretrained_updates": 0},
         "intrinsic": {"enabled": False},
+    },
+    # VIPER: rewards from a video reward model (FinetuneConfig.reward_model), a DreamerV2 world
+    # model from scratch, Plan2Explore's disagreement weighted like the standardised reward.
+    "viper": {
+        "world_model": {"stacked": False, "transfer": "none", "freeze_pretrained_updates": 0},
+        "intrinsic": {"enabled": True, "kind": "disagreement", "beta": 1.0},
     },
 }
 
@@ -346,7 +380,15 @@ AGENT_PRESETS: dict[str, dict[str, Any]] = {
             "critic_units": 32,
             "critic_layers": 2,
         },
-        intrinsic={"proj_dim": 8, "queue_size": 64, "k": 4, "window": 3},
+        intrinsic={
+            "proj_dim": 8,
+            "queue_size": 64,
+            "k": 4,
+            "window": 3,
+            "ensemble": 4,
+            "ensemble_units": 32,
+            "ensemble_layers": 2,
+        },
         batch_size=4,
         seq_len=8,
     ),

@@ -1,6 +1,7 @@
-"""APV's video-based intrinsic bonus: k-NN novelty of windowed action-free features.
+"""Exploration bonuses: APV's video-based bonus and Plan2Explore's ensemble disagreement.
 
-For action-free features of replay sequences [B, T, D]:
+``VideoIntrinsicBonus`` (APV, ``IntrinsicConfig.kind="video"``): k-NN novelty of windowed
+action-free features. For action-free features of replay sequences [B, T, D]:
 
 1. average over a sliding window of ``window`` steps along time -> [B, T - window + 1, D];
 2. project with a fixed random matrix D x proj_dim (drawn once from ``seed``, never trained);
@@ -10,7 +11,23 @@ For action-free features of replay sequences [B, T, D]:
 5. divide by a running mean of |bonus| (DreamerV2's StreamNorm: updated first, then applied);
 6. scale by beta.
 
-All of it is batched tensor code. The projection, queue and normaliser are buffers, so they are
+The world model adds it to the reward head's target on replay.
+
+``DisagreementBonus`` (Plan2Explore, Sekar et al. 2020; VIPER's exploration,
+``kind="disagreement"``): ``ensemble`` one-step MLPs each predict the next posterior stochastic
+state (flattened one-hot [stoch * classes], DreamerV2's ``disag_target: stoch``) from the
+action-conditional features of a step and the action taken there; they are trained on replay
+(features detached, transitions across an episode start left out). In imagination the bonus of
+state t is the disagreement about where the policy's next action leads, the standard deviation
+over the ensemble's predictions averaged over the target's dimensions, normalised by the same
+StreamNorm, times beta; it is added to the reward head's prediction, so the actor seeks states
+the world model cannot predict yet. Gradients reach the actor through the features and actions
+(dynamics back-propagation), never the ensemble's weights. VIPER trains a second critic on this
+bonus and weights the two critics equally after normalising their returns; here one critic
+learns the sum of the standardised VIPER reward and the normalised bonus (beta 1), the same
+equal weighting in a single critic.
+
+All of it is batched tensor code. Projections, queues and normalisers are buffers, so they are
 saved and restored with the module's state dict.
 """
 
@@ -20,6 +37,16 @@ import torch
 from torch import Tensor, nn
 
 from apv_hub.config import IntrinsicConfig
+from apv_hub.nets import MLP
+
+
+def stream_normalise(values: Tensor, magnitude: Tensor, config: IntrinsicConfig) -> Tensor:
+    """Update the running mean of |values| (float64 buffer ``magnitude``, in place) with this
+    batch, then divide ``values`` by it (+ eps): DreamerV2's StreamNorm."""
+    m = config.norm_momentum
+    batch_mag = values.detach().abs().mean().to(torch.float64)
+    magnitude.copy_(m * magnitude + (1 - m) * batch_mag)
+    return values / (magnitude.to(values.dtype) + config.norm_eps)
 
 
 class VideoIntrinsicBonus(nn.Module):
@@ -78,10 +105,7 @@ class VideoIntrinsicBonus(nn.Module):
 
     def normalise(self, bonus: Tensor) -> Tensor:
         """Update the running mean of |bonus| with this batch, then divide by it (+ eps)."""
-        m = self.config.norm_momentum
-        batch_mag = bonus.abs().mean().to(torch.float64)
-        self.norm_mag.copy_(m * self.norm_mag + (1 - m) * batch_mag)
-        return bonus / (self.norm_mag.to(bonus.dtype) + self.config.norm_eps)
+        return stream_normalise(bonus, self.norm_mag, self.config)
 
     @torch.no_grad()
     def forward(self, af_feat: Tensor) -> tuple[Tensor, dict[str, float]]:
@@ -103,3 +127,58 @@ class VideoIntrinsicBonus(nn.Module):
             "bonus_queue_fill": int(self.queue_count) / self.config.queue_size,
         }
         return self.config.beta * bonus, metrics
+
+
+class DisagreementBonus(nn.Module):
+    """Plan2Explore's ensemble: (features [..., F], action [..., A]) -> the next stochastic
+    state [..., S], ``ensemble`` times; its disagreement is the exploration bonus (module doc)."""
+
+    def __init__(
+        self,
+        feat_dim: int,
+        action_dim: int,
+        target_dim: int,
+        config: IntrinsicConfig | None = None,
+        act: str = "elu",
+    ) -> None:
+        super().__init__()
+        self.config = config = config or IntrinsicConfig(kind="disagreement")
+        self.heads = nn.ModuleList(
+            MLP(
+                feat_dim + action_dim,
+                target_dim,
+                config.ensemble_units,
+                config.ensemble_layers,
+                act,
+            )
+            for _ in range(config.ensemble)
+        )
+        self.register_buffer("norm_mag", torch.tensor(config.norm_init, dtype=torch.float64))
+
+    def predict(self, feat: Tensor, action: Tensor) -> Tensor:
+        """Every model's prediction: feat [..., F], action [..., A] -> [K, ..., S]."""
+        inputs = torch.cat([feat, action.to(feat.dtype)], -1)
+        return torch.stack([head(inputs) for head in self.heads])
+
+    def loss(
+        self, feat: Tensor, action: Tensor, stoch: Tensor, is_first: Tensor
+    ) -> tuple[Tensor, dict[str, float]]:
+        """Squared error of each model on the replay transitions t -> t + 1 of a batch ->
+        (loss, metrics). feat [B, T, F] (posterior features), action [B, T, A] (action[t] led
+        to step t), stoch [B, T, ...] (posterior samples), is_first bool [B, T]."""
+        inputs, nxt = feat[:, :-1].detach(), action[:, 1:]
+        target = stoch[:, 1:].flatten(2).detach().float()
+        error = (self.predict(inputs, nxt).float() - target).pow(2).mean(-1)  # [K, B, T - 1]
+        keep = (~is_first[:, 1:]).float()
+        loss = (error * keep).sum() / (keep.sum() * len(self.heads)).clamp_min(1.0)
+        return loss, {"ensemble_loss": loss.item()}
+
+    def imagined_reward(self, seq: dict[str, Tensor]) -> Tensor:
+        """Bonus of imagined states: seq["feat"] [N, H + 1, F], seq["action"] [N, H + 1, A]
+        (action[t] led to t) -> beta * normalised disagreement [N, H + 1] about step t's next
+        state (the last step has no next action: 0, and lambda-returns never read it)."""
+        preds = self.predict(seq["feat"][:, :-1], seq["action"][:, 1:])  # [K, N, H, S]
+        disagreement = preds.float().std(0).mean(-1)
+        bonus = stream_normalise(disagreement, self.norm_mag, self.config)
+        bonus = torch.cat([bonus, bonus.new_zeros(len(bonus), 1)], 1)
+        return self.config.beta * bonus.to(seq["feat"].dtype)

@@ -29,6 +29,7 @@ STREAMS: dict[str, int] = {
     "steps": 6,  # the torch generator re-seeded before a pre-training step (rank, step)
     "eval_clips": 7,  # the fixed clips of the pre-training evaluation video
     "data": 8,  # the clips a pre-training process draws (with rank sharding)
+    "codebook_init": 9,  # the frames and k-means draws of a VIPER tokenizer's codebook init
 }
 
 

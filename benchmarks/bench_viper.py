@@ -2,6 +2,7 @@
 
     PYTHONPATH=$PWD python benchmarks/bench_viper.py --presets tiny dmc --quick --device cpu
     PYTHONPATH=$PWD python benchmarks/bench_viper.py --presets dmc atari --device cuda --warmup 3
+    PYTHONPATH=$PWD python benchmarks/bench_viper.py --presets tiny --quick --trainer-steps 8
 
 One tokenizer step = ``VQTokenizer.loss`` on a batch of random uint8 frames + backward + AdamW;
 one prior step = ``VideoPrior.loss`` on a batch of random token windows (the preset's frames)
@@ -11,12 +12,18 @@ per step past an episode's start (one frame through the tokenizer, one full wind
 prior with the head on its last frame), timed on a batch of such steps; "episodes" (not with
 ``--quick``) = ``VIPERRewardModel.score`` end to end on a batch of episodes, episode starts
 included. Frames/s counts scored steps. Costs do not depend on the values of frames or weights.
-Prints a table, then JSON.
+``--trainer-steps N``: also the whole trainer (`apv_hub.training.viper`, clip decoding from
+``--data`` with ``--num-workers`` processes, k-means init, dead-code restarts, EMA, logging) for N
+tokenizer and N prior steps at the preset's batches, its steps/s read from the run's log (the
+second half of each phase, after warm-up). Prints a table, then JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import tempfile
+from pathlib import Path
 
 import torch
 
@@ -115,6 +122,38 @@ def bench_preset(name: str, args: argparse.Namespace) -> dict:
     }
 
 
+def bench_trainer(name: str, args: argparse.Namespace) -> dict:
+    """The trainer's own steps/s over the second half of each phase (see the module doc)."""
+    from apv_hub.training.configs import VIPERTrainConfig
+    from apv_hub.training.viper import train_viper
+
+    steps = args.trainer_steps
+    half = max(steps // 2, 1)
+    config = VIPERTrainConfig(
+        data=args.data,
+        model=VIPERConfig.preset(name),
+        classes="task" if VIPERConfig.preset(name).prior.num_classes else "none",
+        tokenizer_steps=steps,
+        prior_steps=steps,
+        log_every=half,
+        eval_every=10 * steps,
+        checkpoint_every=10 * steps,
+        eval_clips=1,
+        stats_videos=1,
+        num_workers=args.num_workers,
+        precision="auto" if args.device.startswith("cuda") else "fp32",
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        train_viper(config, Path(tmp) / "run", progress=False)
+        rows = json.loads((Path(tmp) / "run" / "metrics.json").read_text())
+    out = {}
+    for phase in ("tokenizer", "prior"):
+        last = [r for r in rows if f"{phase}/loss" in r][-1]
+        out[f"trainer_{phase}_steps_per_second"] = round(last["perf/steps_per_sec"], 3)
+        out[f"trainer_{phase}_data_wait_fraction"] = round(last["perf/data_wait_fraction"], 3)
+    return out
+
+
 def table_row(r: dict) -> str:
     episodes = r["score_episodes_frames_per_second"]
     episodes = "-" if episodes is None else f"{episodes} ({r['score_episodes']})"
@@ -133,6 +172,19 @@ def run(args: argparse.Namespace) -> dict:
     for name in args.presets:
         rows.append(bench_preset(name, args))
         print(table_row(rows[-1]), flush=True)
+    if args.trainer_steps:
+        header = "trainer tokenizer steps/s (data wait) | trainer prior steps/s (data wait)"
+        print(f"\n| preset | {header} |")
+        print("|---|---|---|", flush=True)
+        for row in rows:
+            row.update(bench_trainer(row["preset"], args))
+            print(
+                f"| {row['preset']} | {row['trainer_tokenizer_steps_per_second']} "
+                f"({row['trainer_tokenizer_data_wait_fraction']}) | "
+                f"{row['trainer_prior_steps_per_second']} "
+                f"({row['trainer_prior_data_wait_fraction']}) |",
+                flush=True,
+            )
     return {"quick": args.quick, "results": rows, **machine(args.device)}
 
 
@@ -148,6 +200,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steady-batch", type=int, default=4, help="steps per steady call")
     parser.add_argument("--episodes", type=int, default=4, help="episodes scored per call")
     parser.add_argument("--length", type=int, default=100, help="frames per scored episode")
+    parser.add_argument(
+        "--trainer-steps", type=int, default=0, help="also time the trainer for N steps per phase"
+    )
+    parser.add_argument("--data", nargs="+", default=["sample"], help="the trainer's corpora")
+    parser.add_argument("--num-workers", type=int, default=2, help="the trainer's clip decoders")
     report(run, parser.parse_args(argv))
 
 

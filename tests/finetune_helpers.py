@@ -81,9 +81,11 @@ def save_tiny_video_model(folder: Path, seed: int = 0) -> Path:
 
 def slide_config(variant: str = "dreamerv2", **overrides: Any) -> FinetuneConfig:
     """A `tiny` run on SlideToCenter at 32x32 pixels, with learning rates raised so that a few
-    hundred updates learn the task; ``overrides`` are dotted keys (see FinetuneConfig.override).
+    hundred updates learn the task; ``overrides`` are dotted keys (see FinetuneConfig.override),
+    ``reward_model`` the reward model of variant viper.
     """
-    config = FinetuneConfig.preset("tiny", variant, env=SLIDE_ENV)
+    reward_model = overrides.pop("reward_model", None)
+    config = FinetuneConfig.preset("tiny", variant, env=SLIDE_ENV, reward_model=reward_model)
     settings = {
         "env_options.episode_length": 20,
         "env_options.render_size": 32,

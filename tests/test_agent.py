@@ -37,7 +37,10 @@ def test_each_variant_builds_and_trains_a_step(variant: str) -> None:
     agent = tiny_agent(variant)
     assert agent.config.variant() == variant
     assert (agent.world_model.af_rssm is not None) == agent.config.world_model.stacked
-    assert (agent.bonus is not None) == agent.config.intrinsic.enabled
+    intrinsic = agent.config.intrinsic
+    assert (agent.bonus is not None) == (intrinsic.enabled and intrinsic.kind == "video")
+    disagreement = intrinsic.enabled and intrinsic.kind == "disagreement"
+    assert (agent.disagreement is not None) == disagreement == (variant == "viper")
     if variant == "dreamerv2":
         assert agent.world_model.af_rssm is None and agent.bonus is None
         assert agent.training_info["transferred"] == []
@@ -55,6 +58,9 @@ def test_each_variant_builds_and_trains_a_step(variant: str) -> None:
         assert any(k.startswith(part) for k in moved), part
     if agent.bonus is not None:
         assert "bonus.queue" in moved and "bonus_mean" in metrics
+    if agent.disagreement is not None:
+        assert any(k.startswith("disagreement.heads.") for k in moved)
+        assert "disagreement.norm_mag" in moved and metrics["imag_intrinsic_mean"] > 0
     assert agent.num_updates == 1
 
 

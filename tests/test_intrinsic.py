@@ -158,3 +158,83 @@ def test_clear_errors() -> None:
         bonus(torch.randn(2, 4, FEAT_DIM))
     with pytest.raises(ValueError, match="expected features"):
         bonus(torch.randn(2, 8, FEAT_DIM + 1))
+
+
+# Plan2Explore's disagreement ---------------------------------------------------------------------
+
+
+def disagreement_config(**overrides) -> IntrinsicConfig:
+    base = dict(kind="disagreement", ensemble=4, ensemble_units=32, ensemble_layers=2, beta=2.0)
+    return IntrinsicConfig(**{**base, **overrides})
+
+
+def transitions(n: int, t: int, centre: float, seed: int) -> dict[str, torch.Tensor]:
+    """Sequences whose next stochastic state is a fixed function of (features, next action):
+    the signs of a fixed random projection, as one-hot pairs. Features lie around ``centre``."""
+    g = torch.Generator().manual_seed(seed)
+    feat = centre + 0.3 * torch.randn(n, t, 6, generator=g)
+    action = torch.rand(n, t, 2, generator=g) * 2 - 1
+    w = torch.randn(8, 5, generator=torch.Generator().manual_seed(99))
+    signs = (torch.cat([feat[:, :-1], action[:, 1:]], -1) @ w > 0).long()
+    stoch = torch.zeros(n, t, 5, 2)
+    stoch[:, 1:] = torch.nn.functional.one_hot(signs, 2).float()
+    return {"feat": feat, "action": action, "stoch": stoch}
+
+
+def test_disagreement_bonus_is_larger_on_novel_states():
+    from apv_hub.intrinsic import DisagreementBonus
+
+    torch.manual_seed(0)
+    bonus = DisagreementBonus(6, 2, 10, disagreement_config())
+    optimizer = torch.optim.Adam(bonus.parameters(), lr=3e-3)
+    is_first = torch.zeros(16, 10, dtype=torch.bool)
+    for step in range(300):
+        data = transitions(16, 10, centre=0.0, seed=step)
+        loss, metrics = bonus.loss(data["feat"], data["action"], data["stoch"], is_first)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert metrics["ensemble_loss"] < 0.1  # a constant 0.5 would score 0.25
+    # One call on seen-like and novel states together (one normaliser for both).
+    familiar, novel = transitions(32, 6, 0.0, seed=1000), transitions(32, 6, 4.0, seed=1001)
+    seq = {k: torch.cat([familiar[k], novel[k]]) for k in ("feat", "action")}
+    with torch.no_grad():
+        reward = bonus.imagined_reward(seq)
+    assert reward.shape == (64, 6) and (reward[:, -1] == 0).all()
+    print("bonus familiar / novel:", reward[:32, :-1].mean().item(), reward[32:, :-1].mean().item())
+    assert reward[32:, :-1].mean() > 3 * reward[:32, :-1].mean()
+    # The normaliser divides by the running mean of |disagreement| (beta 2 on top).
+    raw = bonus.predict(seq["feat"][:, :-1], seq["action"][:, 1:]).std(0).mean(-1)
+    expected = 2.0 * raw / (bonus.norm_mag.float() + 1e-8)
+    torch.testing.assert_close(reward[:, :-1], expected)
+
+
+def test_disagreement_loss_leaves_out_transitions_into_a_new_episode():
+    from apv_hub.intrinsic import DisagreementBonus
+
+    torch.manual_seed(0)
+    bonus = DisagreementBonus(6, 2, 10, disagreement_config())
+    data = transitions(3, 8, 0.0, seed=0)
+    is_first = torch.zeros(3, 8, dtype=torch.bool)
+    is_first[1, 5] = True
+    loss, _ = bonus.loss(data["feat"], data["action"], data["stoch"], is_first)
+    changed = data["stoch"].clone()
+    changed[1, 5] = 1.0 - changed[1, 5]  # the first state of row 1's second episode
+    again, _ = bonus.loss(data["feat"], data["action"], changed, is_first)
+    assert again.item() == pytest.approx(loss.item(), rel=1e-6)
+    changed[1, 6] = 1.0 - changed[1, 6]
+    assert bonus.loss(data["feat"], data["action"], changed, is_first)[0].item() != loss.item()
+
+
+def test_disagreement_reaches_the_actions_not_the_ensemble_weights():
+    from apv_hub.behavior import no_param_grads
+    from apv_hub.intrinsic import DisagreementBonus
+
+    bonus = DisagreementBonus(6, 2, 10, disagreement_config())
+    data = transitions(4, 5, 0.0, seed=0)
+    action = data["action"].requires_grad_(True)
+    with no_param_grads(bonus):
+        bonus.imagined_reward({"feat": data["feat"], "action": action}).sum().backward()
+    assert action.grad is not None and action.grad[:, 1:].abs().sum() > 0
+    assert all(p.grad is None for p in bonus.parameters())
+    assert all(p.requires_grad for p in bonus.parameters())

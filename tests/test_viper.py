@@ -343,6 +343,20 @@ def test_shared_prefix_scoring_matches_one_pass_per_window(likelihood):
     torch.testing.assert_close(shared, plain, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("share_prefixes", [True, False])
+def test_context_steps_are_seen_but_not_scored(share_prefixes):
+    """``context=k``: the first k steps are only context (NaN), the others score as without it;
+    episode starts inside the context and after it are respected."""
+    model = sharpened(tiny(prior={"frames": 4, "frame_skip": 2}, likelihood="joint"))
+    tokens = random_tokens(3, 14)
+    is_first = torch.zeros(3, 14, dtype=torch.bool)
+    is_first[0, 3] = is_first[1, 9] = is_first[2, 6] = True
+    full = model.score_tokens(tokens, is_first=is_first, share_prefixes=share_prefixes)
+    part = model.score_tokens(tokens, is_first=is_first, share_prefixes=share_prefixes, context=6)
+    assert part[:, :6].isnan().all()
+    torch.testing.assert_close(part[:, 6:], full[:, 6:], rtol=1e-5, atol=1e-4)
+
+
 def test_rewards_are_causal():
     model = sharpened(tiny(prior={"frame_skip": 2}))
     frames = random_frames(2, 12)

@@ -30,7 +30,7 @@ from datasets import Dataset, IterableDataset
 
 from apv_hub.data.corpus import load_video_corpus
 from apv_hub.data.report import SkipReport
-from apv_hub.data.video import VideoError, center_crop, cover_size, decode_frames
+from apv_hub.data.video import VideoError, center_crop, decode_frames, decode_size
 
 logger = logging.getLogger(__name__)
 
@@ -246,13 +246,7 @@ def decode_clip(
     ``resize``: "crop" (cover ``size`` keeping the aspect ratio, centre crop) or "stretch"."""
     indices = np.minimum(start + stride * np.arange(length), num_frames - 1)
     out_h, out_w = size
-    if (height, width) == (out_h, out_w):
-        decode_h, decode_w = -1, -1  # native
-    elif resize == "stretch":
-        decode_h, decode_w = out_h, out_w
-    else:
-        decode_h, decode_w = cover_size(height, width, out_h, out_w)
-    frames = decode_frames(data, indices, decode_h, decode_w)
+    frames = decode_frames(data, indices, *decode_size(height, width, out_h, out_w, resize))
     if frames.shape[0] != length:
         raise VideoError(f"decoded {frames.shape[0]} of {length} frames")
     frames = center_crop(frames, out_h, out_w)

@@ -300,6 +300,17 @@ def center_crop(frames: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     return frames[:, top : top + out_h, left : left + out_w]
 
 
+def decode_size(height: int, width: int, out_h: int, out_w: int, resize: str) -> tuple[int, int]:
+    """Size to ask the decoder for a height x width video that must become out_h x out_w:
+    (-1, -1) for the native size; ``crop`` keeps the aspect ratio (cover, then `center_crop`),
+    ``stretch`` scales each side."""
+    if (height, width) == (out_h, out_w):
+        return -1, -1
+    if resize == "stretch":
+        return out_h, out_w
+    return cover_size(height, width, out_h, out_w)
+
+
 def video_grid(episodes: Sequence[np.ndarray], columns: int = 5, scale: int = 1) -> np.ndarray:
     """Tile episodes side by side into one video.
 

@@ -1,6 +1,6 @@
-"""The command lines of the trainers: ``apv-pretrain`` and ``apv-finetune``.
+"""The command lines of the trainers: ``apv-pretrain``, ``apv-finetune`` and ``apv-viper-train``.
 
-Both speak one grammar:
+All speak one grammar:
 
 - a new run: ``--out RUN`` plus options; ``--config FILE`` starts from a saved
   ``run_config.json`` instead of a preset;
@@ -32,9 +32,11 @@ from apv_hub.cli import (
 from apv_hub.config import METADATA_KEYS, VARIANTS, APVConfig
 from apv_hub.config_base import Config, ConfigError, read_json_object, text_list
 from apv_hub.training.configs import (
+    CLASS_MODES,
     VARIANT_ALIASES,
     FinetuneConfig,
     PretrainConfig,
+    VIPERTrainConfig,
     default_preset,
 )
 from apv_hub.training.run import RunPaths, resume_config
@@ -67,6 +69,8 @@ FINETUNE_FLAGS = {
     "--env": "env",
     "--pretrained": "pretrained",
     "--variant": "variant",
+    "--reward-model": "reward_model",
+    "--reward-class": "reward_class",
     "--steps": "total_env_steps",
     "--seed": "seed",
     "--num-envs": "num_envs",
@@ -75,6 +79,29 @@ FINETUNE_FLAGS = {
     "--eval-every": "eval_every",
     "--eval-episodes": "eval_episodes",
     "--checkpoint-every": "checkpoint_every",
+    "--push-to-hub": "push_to_hub",
+    "--private": "private",
+    "--card-notes": "card_notes",
+}
+VIPER_FLAGS = {
+    "--data": "data",
+    "--weights": "weights",
+    "--classes": "classes",
+    "--num-workers": "num_workers",
+    "--short-videos": "short_videos",
+    "--resize": "resize",
+    "--tokenizer-steps": "tokenizer_steps",
+    "--prior-steps": "prior_steps",
+    "--tokenizer-batch-size": "model.tokenizer.batch_size",
+    "--prior-batch-size": "model.prior.batch_size",
+    "--seed": "seed",
+    "--precision": "precision",
+    "--log-every": "log_every",
+    "--eval-every": "eval_every",
+    "--eval-clips": "eval_clips",
+    "--checkpoint-every": "checkpoint_every",
+    "--keep-checkpoints": "keep_checkpoints",
+    "--stats-videos": "stats_videos",
     "--push-to-hub": "push_to_hub",
     "--private": "private",
     "--card-notes": "card_notes",
@@ -250,7 +277,11 @@ def new_finetune_config(preset: str | None) -> Callable[[dict[str, Any]], Config
         if not env:
             raise ConfigError("--env is required for a new run (or --config FILE)")
         variant = assignments.get("variant", "apv")
-        return FinetuneConfig.preset(preset or default_preset(str(env)), str(variant), env=env)
+        # Variant viper's preset is only valid with its reward model.
+        reward_model = assignments.get("reward_model")
+        return FinetuneConfig.preset(
+            preset or default_preset(str(env)), str(variant), env=env, reward_model=reward_model
+        )
 
     return build
 
@@ -274,4 +305,71 @@ def finetune_main(argv: Sequence[str] | None = None) -> int:
     )
     if result is not None:
         print(f"fine-tuning finished: the agent and its card are in {result}")
+    return 0
+
+
+# apv-viper-train -------------------------------------------------------------------------------
+
+
+def viper_parser() -> argparse.ArgumentParser:
+    from apv_hub.viper.config import VIPERConfig
+
+    return run_parser(
+        "apv-viper-train",
+        "Train a VIPER video reward model (a frame tokenizer, then an autoregressive video prior) "
+        "on expert videos from apv-hub corpora. Run it with python, `accelerate launch` or "
+        "`torchrun --nproc_per_node N`. The final model/ scores videos with "
+        "VIPERRewardModel.score, apv-viper-score, and apv-finetune --variant viper.",
+        VIPERTrainConfig,
+        VIPER_FLAGS,
+        f"model preset: {', '.join(VIPERConfig.PRESETS)} (default dmc; tiny is for tests); "
+        f"task classes come from the data (--classes {'/'.join(CLASS_MODES)})",
+    )
+
+
+def new_viper_config(preset: str | None) -> Callable[[dict[str, Any]], Config]:
+    def build(assignments: dict[str, Any]) -> Config:
+        from apv_hub.viper.config import VIPERConfig
+
+        if "data" not in assignments:
+            raise ConfigError("--data is required: corpus folders, Hub dataset ids, or 'sample'")
+        model = VIPERConfig.preset(preset or "dmc")
+        return VIPERTrainConfig(data=text_list(assignments["data"]), model=model)
+
+    return build
+
+
+@command("apv-viper-train")
+def viper_train_main(argv: Sequence[str] | None = None) -> int:
+    """``apv-viper-train`` / ``python viper_train.py``: see ``--help``."""
+    from apv_hub.training.viper import train_viper
+
+    args = viper_parser().parse_args(argv)
+    config, out, resume = resolve_run(args, VIPERTrainConfig, new_viper_config(args.preset))
+    if args.print_config:
+        print_config(config)
+        return 0
+    result = train_viper(
+        config,
+        out,
+        resume=resume,
+        command=command_line("apv-viper-train", argv),
+        progress=not args.no_progress,
+    )
+    if int(os.environ.get("RANK", "0")) == 0:
+        rate = result.steps / result.seconds if result.seconds else float("nan")
+        measured = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items())
+        lines = [
+            f"VIPER training finished: {result.steps} steps, this session {result.seconds:.0f} s "
+            f"({rate:.2f} steps/s)",
+            f"  final (measured): {measured}",
+            f"  checkpoint:  {result.checkpoint}",
+            f"  model+card:  {result.model_dir} (README.md is the model card)",
+        ]
+        if result.video is not None:
+            lines.append(
+                f"  video:       {result.video} (+ {result.video.with_suffix('.gif').name})"
+            )
+        lines.append(f"  TensorBoard: tensorboard --logdir {result.out / 'logs'}")
+        print("\n".join(lines))
     return 0

@@ -1,4 +1,5 @@
-"""The configs of the two trainers: `PretrainConfig` and `FinetuneConfig`, on `RunConfig`.
+"""The configs of the trainers: `PretrainConfig`, `FinetuneConfig` and `VIPERTrainConfig`, on
+`RunConfig` (the two that read video corpora through `CorpusRunConfig`).
 
 Each is saved as ``run_config.json`` in its run folder; every field is reachable from the
 command line with ``--set KEY=VALUE`` (dotted keys for sections: ``model.lr``,
@@ -12,6 +13,7 @@ from typing import Any, ClassVar
 from apv_hub.config import VARIANTS, AgentConfig, APVConfig
 from apv_hub.config_base import ConfigError, merge, option
 from apv_hub.training.run import RunConfig
+from apv_hub.viper.config import VIPERConfig
 
 SAMPLE = "sample"
 # The paper's names for some variants of `apv_hub.config.VARIANTS`.
@@ -32,33 +34,18 @@ def canonical_variant(name: str) -> str:
     return key
 
 
-class PretrainConfig(RunConfig):
-    """Everything a pre-training run is built from.
-
-    The model's APVConfig holds the architecture, the loss and optimiser settings and the batch
-    shape (``batch_size`` clips of ``seq_len`` frames over all processes; REFERENCE section 2:
-    16 x 25). Steps are gradient steps.
-    """
+class CorpusRunConfig(RunConfig):
+    """The fields of a run that trains on video corpora (pre-training, VIPER)."""
 
     data: list[str] = option(
         factory=list, help="corpora: folders, Hub dataset repo ids, or 'sample' (shipped)"
     )
     weights: list[float] | None = option(None, "mixture weight of each corpus (None: per video)")
-    model: APVConfig = option(factory=lambda: APVConfig.preset("small"), help="the video model")
-    init: str | None = option(
-        None, "checkpoint (folder or repo id) whose weights the run starts from"
-    )
-    stride: int = option(1, "clips take every stride-th frame")
-    steps: int = option(600_000, "gradient steps (paper: 600K)", resumable=True)
-    eval_every: int = option(5000, "steps between open-loop prediction videos", resumable=True)
-    eval_clips: int = option(4, "clips in the prediction video", resumable=True)
-    eval_context: int = option(5, "context frames the model sees before predicting", resumable=True)
     num_workers: int = option(
         2, "clip-decoding worker processes per training process", resumable=True
     )
     short_videos: str = option("skip", "videos shorter than a clip: skip or pad")
     resize: str = option("crop", "frames to the model's size: crop (keeps aspect) or stretch")
-    compile: bool = option(False, "torch.compile the loss computation")
 
     def validate(self) -> None:
         super().validate()
@@ -71,22 +58,12 @@ class PretrainConfig(RunConfig):
                 )
             if min(self.weights) < 0 or sum(self.weights) <= 0:
                 raise ConfigError(f"weights must be non-negative, not all 0: {self.weights}")
-        for name in ("stride", "steps", "eval_every", "eval_clips"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.num_workers < 0:
             raise ConfigError(f"num_workers must not be negative, got {self.num_workers}")
         if self.short_videos not in ("skip", "pad") or self.resize not in ("crop", "stretch"):
             raise ConfigError(
                 f"short_videos takes skip or pad, resize crop or stretch; got "
                 f"{self.short_videos!r}, {self.resize!r}"
-            )
-        if self.model.seq_len < 2:
-            raise ConfigError(f"model.seq_len must be at least 2, got {self.model.seq_len}")
-        if not 0 < self.eval_context < self.model.seq_len:
-            raise ConfigError(
-                f"eval_context must lie in [1, seq_len - 1] = [1, {self.model.seq_len - 1}], "
-                f"got {self.eval_context}"
             )
 
     def corpora(self) -> list[str]:
@@ -103,6 +80,131 @@ class PretrainConfig(RunConfig):
             return names
         total = sum(self.weights)
         return [f"{n} (weight {w / total:.3g})" for n, w in zip(names, self.weights, strict=True)]
+
+
+class PretrainConfig(CorpusRunConfig):
+    """Everything a pre-training run is built from.
+
+    The model's APVConfig holds the architecture, the loss and optimiser settings and the batch
+    shape (``batch_size`` clips of ``seq_len`` frames over all processes; REFERENCE section 2:
+    16 x 25). Steps are gradient steps.
+    """
+
+    model: APVConfig = option(factory=lambda: APVConfig.preset("small"), help="the video model")
+    init: str | None = option(
+        None, "checkpoint (folder or repo id) whose weights the run starts from"
+    )
+    stride: int = option(1, "clips take every stride-th frame")
+    steps: int = option(600_000, "gradient steps (paper: 600K)", resumable=True)
+    eval_every: int = option(5000, "steps between open-loop prediction videos", resumable=True)
+    eval_clips: int = option(4, "clips in the prediction video", resumable=True)
+    eval_context: int = option(5, "context frames the model sees before predicting", resumable=True)
+    compile: bool = option(False, "torch.compile the loss computation")
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("stride", "steps", "eval_every", "eval_clips"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.model.seq_len < 2:
+            raise ConfigError(f"model.seq_len must be at least 2, got {self.model.seq_len}")
+        if not 0 < self.eval_context < self.model.seq_len:
+            raise ConfigError(
+                f"eval_context must lie in [1, seq_len - 1] = [1, {self.model.seq_len - 1}], "
+                f"got {self.eval_context}"
+            )
+
+
+CLASS_MODES = ("none", "task", "corpus")
+
+
+class VIPERTrainConfig(CorpusRunConfig):
+    """Everything a VIPER reward-model run is built from: the tokenizer phase, then the prior.
+
+    Steps count from 0 over both phases: ``tokenizer_steps`` steps of the tokenizer (a batch is
+    ``model.tokenizer.batch_size`` frames from clips of ``tokenizer_clip_frames`` frames), then
+    ``prior_steps`` steps of the prior (a batch is ``model.prior.batch_size`` windows of
+    ``model.prior.frames`` frames, ``model.prior.frame_skip`` frames apart, tokenized by the
+    trained tokenizer). Batches are global (split over processes).
+
+    Task classes (``classes``): ``task`` gives one class per distinct ``task`` value of the
+    videos, ``corpus`` one class per corpus (named by ``corpus_classes`` or the ``data`` entry),
+    ``none`` an unconditional prior. The trainer writes the classes it finds into
+    ``model.prior.num_classes`` and ``model.class_names``.
+    """
+
+    model: VIPERConfig = option(
+        factory=lambda: VIPERConfig.preset("dmc"), help="the tokenizer, prior and scoring"
+    )
+    classes: str = option("none", f"task conditioning of the prior: one of {CLASS_MODES}")
+    corpus_classes: dict[str, str] = option(
+        factory=dict, help="classes=corpus: class name of a data entry (default: the entry)"
+    )
+    tokenizer_steps: int = option(100_000, "gradient steps of the tokenizer phase")
+    prior_steps: int = option(
+        100_000, "gradient steps of the prior phase (after the tokenizer's)", resumable=True
+    )
+    tokenizer_clip_frames: int = option(
+        8, "frames per clip in the tokenizer phase (neighbouring frames decode together)"
+    )
+    tokenizer_stride: int = option(4, "tokenizer clips take every stride-th frame")
+    kmeans_frames: int = option(256, "frames whose encoder outputs initialise the codebook")
+    grad_clip: float = option(100.0, "gradient-norm clipping of both phases")
+    eval_every: int = option(
+        5000, "steps between reconstruction / prediction videos", resumable=True
+    )
+    eval_clips: int = option(4, "clips in each video", resumable=True)
+    eval_context: int | None = option(
+        None,
+        "context frames the prior sees before sampling (None: half its window)",
+        resumable=True,
+    )
+    stats_videos: int = option(
+        32,
+        "videos per class (all of a class with 0) scored whole for the reward statistics",
+        resumable=True,
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        if self.classes not in CLASS_MODES:
+            raise ConfigError(f"classes must be one of {CLASS_MODES}, got {self.classes!r}")
+        unknown = sorted(set(self.corpus_classes) - set(self.data))
+        if unknown:
+            raise ConfigError(f"corpus_classes names corpora not in data: {unknown}")
+        for name in ("tokenizer_steps", "tokenizer_clip_frames", "tokenizer_stride"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("prior_steps", "stats_videos"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
+        for name in ("eval_every", "eval_clips", "grad_clip"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        batch = self.model.tokenizer.batch_size
+        if batch % self.tokenizer_clip_frames:
+            raise ConfigError(
+                f"model.tokenizer.batch_size {batch} is not a multiple of tokenizer_clip_frames "
+                f"{self.tokenizer_clip_frames}"
+            )
+        tokens = self.kmeans_frames * self.model.tokenizer.tokens_per_frame
+        if tokens < self.model.tokenizer.codebook_size:
+            raise ConfigError(
+                f"kmeans_frames {self.kmeans_frames} give {tokens} encoder outputs, fewer than "
+                f"model.tokenizer.codebook_size {self.model.tokenizer.codebook_size}"
+            )
+        frames = self.model.prior.frames
+        if self.eval_context is None:
+            self.eval_context = max(frames // 2, 1)
+        if not 0 < self.eval_context < frames:
+            raise ConfigError(
+                f"eval_context must lie in [1, model.prior.frames - 1] = [1, {frames - 1}], "
+                f"got {self.eval_context}"
+            )
+
+    @property
+    def total_steps(self) -> int:
+        return self.tokenizer_steps + self.prior_steps
 
 
 def resolve_corpus(name: str) -> str:
@@ -159,6 +261,15 @@ class FinetuneConfig(RunConfig):
     )
     agent: AgentConfig = option(
         factory=lambda: AgentConfig.preset("metaworld"), help="the agent's sections"
+    )
+    reward_model: str | None = option(
+        None, "variant viper: the VIPERRewardModel (folder or Hub repo id) whose rewards train it"
+    )
+    reward_class: str | None = option(
+        None, "variant viper: the reward model's task class (default: the environment's task)"
+    )
+    relabel_segment: int = option(
+        64, "variant viper: steps per environment scored in one reward-model call"
     )
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
@@ -219,6 +330,18 @@ class FinetuneConfig(RunConfig):
         for name in ("prefill", "pretrain_updates"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
+        if self.relabel_segment < 1:
+            raise ConfigError(f"relabel_segment must be positive, got {self.relabel_segment}")
+        if self.variant == "viper" and self.reward_model is None:
+            raise ConfigError(
+                "variant viper learns from a video reward model's rewards: pass --reward-model "
+                "(a VIPERRewardModel folder or Hub repo id, e.g. from apv-viper-train)"
+            )
+        if self.variant != "viper" and (self.reward_model or self.reward_class):
+            raise ConfigError(
+                f"reward_model / reward_class replace the task reward of variant viper only; "
+                f"variant {self.variant} learns from the task reward"
+            )
 
     @property
     def action_repeat(self) -> int:

@@ -63,6 +63,7 @@ from apv_hub.training.run import (
     make_accelerator,
     prepare_optimizers,
 )
+from apv_hub.viper.relabel import relabelling_replay
 from apv_hub.weights import CheckpointError, load_into, load_tensors, tensor_digest
 
 
@@ -144,6 +145,11 @@ class Finetuner:
         try:
             with accelerator.main_process_first():  # One download of the pre-trained model.
                 self.agent = make_agent(cfg, self.pool.action_dim)
+                # Variant viper: a frozen video reward model relabels the steps entering replay.
+                make_replay = relabelling_replay(
+                    make_replay, cfg.reward_model, cfg.reward_class, cfg.env,
+                    cfg.relabel_segment, self.pool.obs_space["image"].shape, accelerator.device,
+                )  # fmt: skip
             self.run = Run(
                 cfg,
                 out,
@@ -417,6 +423,7 @@ class Finetuner:
                 "env": cfg.env,
                 "env_options": cfg.env_options,
                 "variant": cfg.variant,
+                "reward_model": cfg.reward_model,
                 "preset": cfg.preset_name,
                 "seed": cfg.seed,
                 "env_steps": self.counters.env_steps,

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ from apv_hub.training.run import (
     Run,
     local_batch,
     make_accelerator,
+    peak_memory_mb,
     prepare_optimizers,
 )
 from apv_hub.video_model import APVVideoModel
@@ -90,13 +90,6 @@ def build_model(config: PretrainConfig) -> APVVideoModel:
         source = APVVideoModel.from_pretrained(config.init)
         load_into(model, source.state_dict(), source=config.init)
     return model
-
-
-def peak_memory_mb() -> float:
-    """Peak memory of this process: allocated GPU memory on CUDA, resident set size on CPU."""
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class Pretrainer:

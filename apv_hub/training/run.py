@@ -32,6 +32,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import resource
 import shutil
 import tempfile
 import time
@@ -162,6 +163,13 @@ def make_accelerator(precision: str = "auto") -> Any:
     if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
         raise ConfigError("precision bf16: this GPU does not support bfloat16; use fp32")
     return Accelerator(cpu=not cuda, mixed_precision="bf16" if precision == "bf16" else "no")
+
+
+def peak_memory_mb() -> float:
+    """Peak memory of this process: allocated GPU memory on CUDA, resident set size on CPU."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def local_batch(accelerator: Any, batch_size: int, key: str) -> int:

@@ -4,21 +4,33 @@
 - ``tokenizer``: VQTokenizer, the per-frame VQ autoencoder (k-means init, dead-code restart).
 - ``prior``: VideoPrior, the GPT-2 transformer over the tokens of a window of frames.
 - ``reward_model``: VIPERRewardModel, tokenizer + prior + scoring, a Hub checkpoint.
+- ``relabel``: RewardRelabeller, VIPER rewards for the steps of a fine-tuning run's replay.
+- ``score``: the ``apv-viper-score`` command (a video's per-step rewards, plotted).
 
-A models-layer package: it never imports ``apv_hub.training``. It needs ``transformers``.
+A models-layer package: it never imports ``apv_hub.training``. It needs ``transformers``, which
+is imported only when a model class is first used: ``apv_hub.viper.config`` alone is cheap, so
+configs that hold a VIPERConfig load without it.
 """
 
-from apv_hub.viper.config import PriorConfig, TokenizerConfig, VIPERConfig
-from apv_hub.viper.prior import VideoPrior
-from apv_hub.viper.reward_model import VIPERRewardModel, window_indices
-from apv_hub.viper.tokenizer import VQTokenizer
+from __future__ import annotations
 
-__all__ = [
-    "PriorConfig",
-    "TokenizerConfig",
-    "VIPERConfig",
-    "VIPERRewardModel",
-    "VQTokenizer",
-    "VideoPrior",
-    "window_indices",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "PriorConfig": "apv_hub.viper.config",
+    "TokenizerConfig": "apv_hub.viper.config",
+    "VIPERConfig": "apv_hub.viper.config",
+    "VideoPrior": "apv_hub.viper.prior",
+    "VIPERRewardModel": "apv_hub.viper.reward_model",
+    "window_indices": "apv_hub.viper.reward_model",
+    "VQTokenizer": "apv_hub.viper.tokenizer",
+    "RewardRelabeller": "apv_hub.viper.relabel",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'apv_hub.viper' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

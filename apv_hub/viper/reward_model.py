@@ -183,11 +183,14 @@ class VIPERRewardModel(nn.Module, SafetensorsHubMixin, **VIPER_METADATA):
         is_first: Tensor | None = None,
         standardize: bool = False,
         share_prefixes: bool = True,
+        context: int = 0,
     ) -> Tensor:
         """Rewards of tokenized frames long [B, T, h, w] -> float32 [B, T] (see ``score``).
 
         ``share_prefixes=False`` scores every cut window at an episode start with its own pass
-        (the plain path); the default scores each chain of prefixes once.
+        (the plain path); the default scores each chain of prefixes once. ``context``: the first
+        ``context`` steps of every row are only seen by the windows of later steps, not scored
+        themselves (their rewards are NaN), e.g. frames already scored in an earlier call.
         """
         self.tokenizer.check_tokens(tokens)
         b, t = tokens.shape[:2]
@@ -200,16 +203,18 @@ class VIPERRewardModel(nn.Module, SafetensorsHubMixin, **VIPER_METADATA):
         index, length = self.windows(is_first)
         full_length = self.config.context_frames
         rewards = torch.zeros(b, t, dtype=torch.float32, device=tokens.device)
+        scored = (torch.arange(t, device=tokens.device) >= context).expand(b, t)
         with evaluating(self):
-            rows = (length == full_length).nonzero()
+            rows = ((length == full_length) & scored).nonzero()
             self._score_windows(tokens, cls_ids, index, rows, full_length, rewards)
             cut = length < full_length
             if share_prefixes:
-                self._score_prefix_chains(tokens, cls_ids, index, length, cut, rewards)
+                self._score_prefix_chains(tokens, cls_ids, index, length, cut, scored, rewards)
             else:
                 for m in range(1, full_length):
-                    rows = (cut & (length == m)).nonzero()
+                    rows = (cut & (length == m) & scored).nonzero()
                     self._score_windows(tokens, cls_ids, index, rows, m, rewards)
+        rewards[:, :context] = float("nan")
         if standardize:
             rewards = self.standardize(rewards, cls_ids)
         return rewards
@@ -231,12 +236,13 @@ class VIPERRewardModel(nn.Module, SafetensorsHubMixin, **VIPER_METADATA):
             value = ll[:, -1] if conditional else ll.sum(1) * (self.config.context_frames / m)
             rewards[chunk[:, 0], chunk[:, 1]] = value
 
-    def _score_prefix_chains(self, tokens, cls_ids, index, length, cut, rewards) -> None:
+    def _score_prefix_chains(self, tokens, cls_ids, index, length, cut, scored, rewards) -> None:
         """Score the cut windows of episode starts: one pass per chain of prefixes.
 
         The window of step t - skip is the window of step t without its last frame whenever the
         latter is cut, so a chain ends at a cut step whose successor t + skip is not a cut step of
-        the same episode; the chain's steps t - j * skip (j < m) read term m - 1 - j.
+        the same episode; the chain's steps t - j * skip (j < m) read term m - 1 - j. Only chains
+        that end at a ``scored`` step are computed (scored steps are a suffix of each row).
         """
         skip, full_length = self.config.prior.frame_skip, self.config.context_frames
         b, t = cut.shape
@@ -245,7 +251,7 @@ class VIPERRewardModel(nn.Module, SafetensorsHubMixin, **VIPER_METADATA):
             # t + skip belongs to the same episode exactly when its window is one frame longer.
             same = length[:, skip:] == length[:, :-skip] + 1
             successor_cut[:, :-skip] = cut[:, skip:] & same
-        ends = cut & ~successor_cut
+        ends = cut & ~successor_cut & scored
         for m in range(1, full_length):
             rows = (ends & (length == m)).nonzero()
             for chunk, windows, cls in self._window_batches(tokens, cls_ids, index, rows, m):
