@@ -41,7 +41,6 @@ from apv_hub.world_model import BATCH_KEYS, APVWorldModel
 # save_training_state: the optimiser states (this file + its JSON), the RNG state and this.
 TRAINING_STATE_NAME = OPTIMIZERS_FILE
 TRAINING_STATE_JSON = "training_state.json"
-OPTIMIZER_NAMES = ("model", "actor", "critic")
 
 
 class APVAgent(nn.Module, SafetensorsHubMixin, **AGENT_METADATA):
