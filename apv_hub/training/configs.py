@@ -48,6 +48,7 @@ class PretrainConfig(RunConfig):
     init: str | None = option(
         None, "checkpoint (folder or repo id) whose weights the run starts from"
     )
+    init_revision: str | None = option(None, "Hub revision (branch, tag, commit) of init")
     stride: int = option(1, "clips take every stride-th frame")
     steps: int = option(600_000, "gradient steps (paper: 600K)", resumable=True)
     eval_every: int = option(5000, "steps between open-loop prediction videos", resumable=True)
@@ -59,6 +60,8 @@ class PretrainConfig(RunConfig):
     short_videos: str = option("skip", "videos shorter than a clip: skip or pad")
     resize: str = option("crop", "frames to the model's size: crop (keeps aspect) or stretch")
     compile: bool = option(False, "torch.compile the loss computation")
+
+    LEGACY: ClassVar[dict[str, Any]] = {**RunConfig.LEGACY, "init_revision": None}
 
     def validate(self) -> None:
         super().validate()
@@ -133,6 +136,9 @@ class FinetuneConfig(RunConfig):
     )
     variant: str = option("apv", f"the agent: one of {', '.join(VARIANTS)} (or an alias)")
     pretrained: str | None = option(None, "pre-trained APVVideoModel: folder or Hub repo id")
+    pretrained_revision: str | None = option(
+        None, "Hub revision (branch, tag, commit) of pretrained"
+    )
     preset_name: str = option("metaworld", "the preset this config started from (a record)")
     total_env_steps: int = option(256_000, "environment steps to train for", resumable=True)
     prefill: int = option(5000, "policy steps of uniformly random actions before training")
@@ -161,6 +167,7 @@ class FinetuneConfig(RunConfig):
         factory=lambda: AgentConfig.preset("metaworld"), help="the agent's sections"
     )
 
+    LEGACY: ClassVar[dict[str, Any]] = {**RunConfig.LEGACY, "pretrained_revision": None}
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         # REFERENCE section 2, Meta-world: 256K steps, prefill 5000, 100 pretrain updates, 10
         # eval episodes (success rate).
