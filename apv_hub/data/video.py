@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import io
 import math
+import os
+import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -92,10 +95,31 @@ def open_reader(data: bytes, height: int = -1, width: int = -1):
     when ``height``/``width`` are given. Raises VideoError naming what went wrong."""
     if not data:
         raise VideoError("empty file")
-    try:
-        return decord.VideoReader(io.BytesIO(data), width=width, height=height, num_threads=1)
-    except (RuntimeError, decord.DECORDError) as e:
-        raise VideoError(f"cannot open: {_first_line(e)}") from e
+    # decord logs a failed open on stderr with the whole input as the "file name", which puts
+    # the bytes of an invalid file on the terminal: what the C code writes to file descriptor 2
+    # during the open is captured instead, and FFmpeg's reason taken from it.
+    with tempfile.TemporaryFile() as log:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(log.fileno(), 2)
+        try:
+            return decord.VideoReader(io.BytesIO(data), width=width, height=height, num_threads=1)
+        except (RuntimeError, decord.DECORDError) as e:
+            log.seek(0)
+            reason = _decoder_reason(log.read()) or _first_line(e)
+            raise VideoError(f"cannot open: {reason}") from e
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _decoder_reason(log: bytes) -> str:
+    """FFmpeg's reason in decord's last log line (``... ERROR opening: <input>, <reason>``)."""
+    lines = [line for line in log.decode("utf-8", "replace").splitlines() if line.strip()]
+    if not lines:
+        return ""
+    reason = lines[-1].rsplit(", ", 1)[-1].strip()
+    return reason[:200] if reason.isprintable() else ""
 
 
 def decode_frames(
