@@ -142,7 +142,7 @@ class SafetensorsHubMixin(PyTorchModelHubMixin):
                     create_pr=create_pr,
                 )
         except (HfHubHTTPError, HFValidationError, OfflineModeIsEnabled, OSError) as e:
-            raise PushError(f"pushing to {where} failed: {_first_line(e)}") from e
+            raise PushError(f"pushing to {where} failed: {_joined(e)}") from e
         return commit
 
     @classmethod
@@ -249,9 +249,10 @@ def _float_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     return resolved
 
 
-def _first_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
+def _joined(error: BaseException, limit: int = 400) -> str:
+    """A client error's message on one line (the Hub's reason often follows a header line)."""
+    text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    return (text[:limit] + " ...") if len(text) > limit else text or type(error).__name__
 
 
 def resolve_file(model_id: str, filename: str, **download_kwargs: Any) -> str:
