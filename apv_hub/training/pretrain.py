@@ -185,6 +185,7 @@ class Pretrainer:
         bar = run.progress_bar(cfg.steps, self.step, "pre-training")
         window = MetricWindow()
         batches = iter(self._loader()) if self.step < cfg.steps else iter(())
+        where = lambda: f"training step {self.step + 1} (of {cfg.steps})"
         try:
             while self.step < cfg.steps:
                 fetch = time.perf_counter()
@@ -192,7 +193,7 @@ class Pretrainer:
                 frames = batch["frames"].to(run.device, non_blocking=True)
                 window.data_seconds += time.perf_counter() - fetch
                 self._note_batch(batch)
-                with run.divergence_stop(lambda: f"training step {self.step + 1} (of {cfg.steps})"):
+                with run.divergence_stop(where):
                     self._train_step(frames, window)
                 bar.update(1)
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
@@ -228,10 +229,11 @@ class Pretrainer:
     def _note_batch(self, batch: dict) -> None:
         self.failed_draws += int(batch["failed_draws"].sum())
         # Videos that failed to decode (the dataset logged why): listed in summary.json.
-        failed = batch["failed_draws"].tolist()
-        for index, count in zip(batch["index"].tolist(), failed, strict=True):
-            for name in self.clips.failed_videos(index, count):
-                self.run.recover("skipped_videos", name)
+        if batch["failed_draws"].any():
+            failed = batch["failed_draws"].tolist()
+            for index, count in zip(batch["index"].tolist(), failed, strict=True):
+                for name in self.clips.failed_videos(index, count):
+                    self.run.recover("skipped_videos", name)
         if self.debug_dump is not None:
             ids = torch.stack([batch["corpus"], batch["row"], batch["start"]], 1)
             self.clips_seen += ids.tolist()
