@@ -87,6 +87,23 @@ class SafetensorsHubMixin(PyTorchModelHubMixin):
         # The mixin writes a card only where none exists; a re-save must not keep a stale one.
         (save_directory / "README.md").unlink(missing_ok=True)
 
+    def save_pretrained(
+        self,
+        save_directory: str | Path,
+        *,
+        repo_id: str | None = None,
+        push_to_hub: bool = False,
+        model_card_kwargs: dict[str, Any] | None = None,
+        **push_to_hub_kwargs: Any,
+    ) -> str | None:
+        """Write model.safetensors, config.json and the card README.md to ``save_directory``;
+        with ``push_to_hub``, also push to ``repo_id`` (default: the folder's name) with
+        `push_to_hub`'s keyword arguments (``private``, ``branch``, ...)."""
+        super().save_pretrained(save_directory, model_card_kwargs=model_card_kwargs)
+        if push_to_hub:
+            return self.push_to_hub(repo_id or Path(save_directory).name, **push_to_hub_kwargs)
+        return None
+
     def generate_model_card(self, *args: Any, **kwargs: Any) -> ModelCard:
         return self.model_card(kwargs.get("repo_id"))
 

@@ -101,6 +101,10 @@ def test_push_to_hub_honours_private_branch_message_and_pull_requests(video, loc
         model.push_to_hub(repo_id, branch="dev", revision="main")
     with pytest.raises(TypeError, match="unexpected keyword argument 'privat'"):
         model.push_to_hub(repo_id, privat=True)
+    # huggingface_hub's save-and-push takes the same arguments.
+    other = unique("saved")
+    model.save_pretrained(video.parent / "saved", push_to_hub=True, repo_id=other, private=True)
+    assert api.model_info(other).private and "README.md" in api.list_repo_files(other)
     # create_pr reaches the Hub: the local server does not do pull requests and says so.
     refused = f"pushing to Hub repository '{repo_id}' failed: .*pull requests are not supported"
     with pytest.raises(PushError, match=refused):
