@@ -6,6 +6,7 @@ by parsing them with huggingface_hub's own card classes, through the local Hub s
 from __future__ import annotations
 
 import csv
+import json
 import uuid
 from pathlib import Path
 
@@ -201,3 +202,27 @@ def test_dataset_card_names_task_categories(tmp_path) -> None:
     data = DatasetCard.load(root / "README.md").data
     assert data.task_categories == ["reinforcement-learning", "robotics"]
     assert data.license
+
+
+def test_a_failed_push_ends_the_run_in_one_line_with_the_model_saved(tmp_path, run_python) -> None:
+    corpus = build_squares_corpus(tmp_path / "corpus", num_videos=2, length=12)
+    out = tmp_path / "run"
+    # An invalid repo id is refused before anything runs.
+    bad = tiny_args(corpus, out, 1, "--num-workers", "0", "--push-to-hub", "not a/valid id!")
+    assert pretrain_main(bad) == 2 and not out.exists()
+    # Offline, the push fails after training: one line, the model and the summary are kept.
+    args = tiny_args(corpus, out, 1, "--num-workers", "0", "--push-to-hub", "apv/offline")
+    result = run_python(
+        "from apv_hub.training.commands import pretrain_main\n"
+        f"raise SystemExit(pretrain_main({args!r}))",
+        env={"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    [line] = [x for x in result.stderr.splitlines() if x.startswith("apv-pretrain: error:")]
+    assert line.startswith("apv-pretrain: error: pushing to Hub repository 'apv/offline' failed: ")
+    assert line.endswith(
+        f"; the model is saved in {out / 'model'}: push it with "
+        "from_pretrained(...).push_to_hub(...)"
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["push_error"] in line and (out / "model" / "model.safetensors").is_file()

@@ -164,6 +164,14 @@ class RunConfig(Config):
             raise ConfigError(f"divergence_limit must be positive, got {self.divergence_limit}")
         for name in self.log_with:
             check_tracker_name(name)
+        if self.push_to_hub is not None:
+            from huggingface_hub.errors import HFValidationError
+            from huggingface_hub.utils import validate_repo_id
+
+            try:
+                validate_repo_id(self.push_to_hub)
+            except HFValidationError as e:
+                raise ConfigError(f"push_to_hub: {e}") from None
         if self.card_notes is not None and not Path(self.card_notes).is_file():
             raise ConfigError(f"card_notes: no file at {self.card_notes}")
 
@@ -695,6 +703,7 @@ class Run:
         ):
             if item not in recoveries.setdefault(kind, []):
                 recoveries[kind].append(item)
+        failed: PushError | None = None
         if self.is_main:
             model.save_pretrained(self.paths.model)
             record = {
@@ -708,12 +717,12 @@ class Run:
             if recoveries:
                 counts = ", ".join(f"{len(v)} {k.replace('_', ' ')}" for k, v in recoveries.items())
                 self._print(f"recovered from: {counts} (listed in {self.paths.summary})")
-            try:
-                if self.config.push_to_hub:
-                    records = {
-                        self.paths.config.name: self.paths.config,
-                        **{p.name: p for p in (self.metrics.csv_path, self.evals.csv_path)},
-                    }
+            if self.config.push_to_hub:
+                records = {
+                    self.paths.config.name: self.paths.config,
+                    **{p.name: p for p in (self.metrics.csv_path, self.evals.csv_path)},
+                }
+                try:
                     record["pushed_to"] = push_model(
                         model,
                         self.config.push_to_hub,
@@ -721,16 +730,18 @@ class Run:
                         revision=self.config.hub_revision,
                         extra_files={**records, **(extra_files or {})},
                     )
-            except PushError as e:
-                record["push_error"] = str(e)
-                raise PushError(
-                    f"{e}; the model is saved in {self.paths.model}: push it with "
-                    "from_pretrained(...).push_to_hub(...)"
-                ) from None
-            finally:
-                write_json(self.paths.summary, record)
+                except PushError as e:
+                    record["push_error"] = str(e)
+                    failed = PushError(
+                        f"{e}; the model is saved in {self.paths.model}: push it with "
+                        "from_pretrained(...).push_to_hub(...)"
+                    )
+            write_json(self.paths.summary, record)
+        # A failed push ends the run like a finished one (records written, lock released).
         self.barrier()
         self.close()
+        if failed is not None:
+            raise failed
         return self.paths.model
 
     def close(self) -> None:
