@@ -115,12 +115,17 @@ class APVAgent(nn.Module, SafetensorsHubMixin, **AGENT_METADATA):
 
     @classmethod
     def build(
-        cls, config: AgentConfig, action_dim: int, pretrained: str | Path | None = None
+        cls,
+        config: AgentConfig,
+        action_dim: int,
+        pretrained: str | Path | None = None,
+        revision: str | None = None,
     ) -> APVAgent:
-        """The agent ``config`` describes: on the ``pretrained`` video model (folder or repo id)
-        when given, else from scratch, which only variants that copy nothing can be."""
+        """The agent ``config`` describes: on the ``pretrained`` video model (folder or repo id,
+        at Hub ``revision``) when given, else from scratch, which only variants that copy
+        nothing can be."""
         if pretrained:
-            return cls.from_video_model(pretrained, config, action_dim)
+            return cls.from_video_model(pretrained, config, action_dim, revision=revision)
         if config.world_model.transfer != "none":
             raise ConfigError(
                 f"variant {config.variant()!r} copies weights from a pre-trained video model: "

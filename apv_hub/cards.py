@@ -1,9 +1,13 @@
 """Model cards: the README.md of every checkpoint this project writes, and their metadata.
 
-The Hub metadata of each model (library, tags, paper) is given once here, as the class keywords
-of the model class (``class APVVideoModel(..., **VIDEO_MODEL_METADATA)``) and in its card's YAML
-header. A card states the architecture, parameter counts, what the model was trained on and for
-how long (only what was recorded), how to use it, and the APV citation.
+The Hub metadata of each model (library, licence, pipeline tag, tags, paper) is given once here,
+as the class keywords of the model class (``class APVVideoModel(..., **VIDEO_MODEL_METADATA)``)
+and in its card's YAML header, which also names what the checkpoint came from: the Hub datasets
+a model was trained on (``datasets``), the Hub checkpoint it started from (``base_model``: a
+video model's ``--init``, an agent's pre-trained video model) and, for a fine-tuned agent, its
+last evaluation as measured (``model-index``). A card states the architecture, parameter counts,
+what the model was trained on and for how long (only what was recorded), how to use it, and the
+citation.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import os
 import re
 from typing import TYPE_CHECKING, Any
 
-from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 if TYPE_CHECKING:
     from apv_hub.agent import APVAgent
@@ -21,13 +25,19 @@ if TYPE_CHECKING:
     from apv_hub.viper.reward_model import VIPERRewardModel
 
 PAPER_URL = "https://arxiv.org/abs/2203.13880"
+# The licence of apv-hub (its code and what it writes); a model card's notes may say more.
+LICENSE = "mit"
 VIDEO_MODEL_METADATA: dict[str, Any] = dict(
     library_name="apv-hub",
+    license=LICENSE,
+    pipeline_tag="video-to-video",
     paper_url=PAPER_URL,
     tags=["apv", "world-model", "video-prediction", "reinforcement-learning"],
 )
 AGENT_METADATA: dict[str, Any] = dict(
     library_name="apv-hub",
+    license=LICENSE,
+    pipeline_tag="reinforcement-learning",
     paper_url=PAPER_URL,
     tags=["apv", "world-model", "reinforcement-learning", "dreamerv2"],
 )
@@ -63,6 +73,50 @@ REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 def _is_repo_id(name: Any) -> bool:
     """Whether a training data entry names a Hub dataset (``owner/name``, not a local folder)."""
     return bool(name) and bool(REPO_ID.match(str(name))) and not os.path.exists(str(name))
+
+
+def _hub_datasets(data: Any) -> list[str] | None:
+    """The Hub dataset repo ids among a model's training data (None: there are none)."""
+    names = data if isinstance(data, list) else [data]
+    return [d for d in names if _is_repo_id(d)] or None
+
+
+def agent_eval_results(agent: APVAgent) -> list[EvalResult]:
+    """The ``model-index`` results of a fine-tuned agent: its last evaluation as measured (mean
+    return, and success rate where the environment reports it); none before any evaluation."""
+    info = agent.training_info.get("finetune") or {}
+    curve = info.get("eval_curve") or []
+    if not curve:
+        return []
+    last, env = curve[-1], str(info.get("env"))
+    how = (
+        f"{last.get('eval_episodes', '?')} deterministic episode(s) after "
+        f"{last['env_steps']} environment steps"
+    )
+    common = dict(
+        task_type="reinforcement-learning",
+        task_name="Reinforcement Learning",
+        dataset_type=env,
+        dataset_name=env,
+    )
+    results = [
+        EvalResult(
+            **common,
+            metric_type="mean_reward",
+            metric_name=f"mean return over {how}",
+            metric_value=float(last["return_mean"]),
+        )
+    ]
+    if "success_rate" in last:
+        results.append(
+            EvalResult(
+                **common,
+                metric_type="success_rate",
+                metric_name=f"success rate over {how}",
+                metric_value=float(last["success_rate"]),
+            )
+        )
+    return results
 
 
 def _millions(n: int) -> str:
@@ -130,11 +184,11 @@ def video_model_card(model: APVVideoModel, repo_id: str | None = None) -> ModelC
     cfg = model.config
     counts = model.num_parameters()
     name = repo_id or "path/to/checkpoint"
-    data = model.training_info.get("data")
+    init = model.training_info.get("init")
     header = card_data(
         VIDEO_MODEL_METADATA,
-        datasets=[d for d in (data if isinstance(data, list) else [data]) if _is_repo_id(d)]
-        or None,
+        datasets=_hub_datasets(model.training_info.get("data")),
+        base_model=init if _is_repo_id(init) else None,
     )
     body = f"""
 # APV action-free video model{f": {repo_id}" if repo_id else ""}
@@ -187,8 +241,16 @@ def agent_model_card(agent: APVAgent, repo_id: str | None = None) -> ModelCard:
     counts = agent.num_parameters()
     name = repo_id or "path/to/checkpoint"
     wm = cfg.world_model
-    header = card_data(AGENT_METADATA)
-    pretrained = agent.training_info.get("pretrained", "none (randomly initialised)")
+    pretrained = agent.training_info.get("pretrained")
+    results = agent_eval_results(agent)
+    header = card_data(
+        AGENT_METADATA,
+        base_model=pretrained if _is_repo_id(pretrained) else None,
+        # model-index names the model its results belong to.
+        model_name=(repo_id or f"apv-agent-{cfg.variant()}") if results else None,
+        eval_results=results or None,
+    )
+    pretrained = pretrained or "none (randomly initialised)"
     transferred = ", ".join(agent.training_info.get("transferred", [])) or "nothing"
     size = f"{cfg.video.image_channels}, {cfg.video.image_size}, {cfg.video.image_size}"
     body = f"""
@@ -295,6 +357,8 @@ def finetune_section(info: dict[str, Any] | None) -> str:
 VIPER_PAPER_URL = "https://arxiv.org/abs/2305.14343"
 VIPER_METADATA: dict[str, Any] = dict(
     library_name="apv-hub",
+    license=LICENSE,
+    pipeline_tag="reinforcement-learning",
     paper_url=VIPER_PAPER_URL,
     tags=["viper", "video-prediction", "reward-model", "vq-gan", "reinforcement-learning"],
 )
@@ -332,12 +396,7 @@ def viper_model_card(model: VIPERRewardModel, repo_id: str | None = None) -> Mod
     tok, prior = cfg.tokenizer, cfg.prior
     counts = model.num_parameters()
     name = repo_id or "path/to/checkpoint"
-    data = model.training_info.get("data")
-    header = card_data(
-        VIPER_METADATA,
-        datasets=[d for d in (data if isinstance(data, list) else [data]) if _is_repo_id(d)]
-        or None,
-    )
+    header = card_data(VIPER_METADATA, datasets=_hub_datasets(model.training_info.get("data")))
     g = tok.token_grid
     if prior.num_classes:
         classes = ", ".join(cfg.class_names) if cfg.class_names else "unnamed"

@@ -158,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
         "ground truth above the model's prediction as an mp4 (and a gif).",
     )
     parser.add_argument("checkpoint", help="checkpoint folder (save_pretrained) or Hub repo id")
+    parser.add_argument("--revision", help="Hub revision (branch, tag or commit) of the checkpoint")
     parser.add_argument("video", help="video file (mp4, webm, avi, mkv ...)")
     parser.add_argument("--out", default="prediction.mp4", help="output mp4 path")
     parser.add_argument("--context", type=int, default=5, help="frames the model sees")
@@ -172,8 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
 @command("apv-predict")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    model = APVVideoModel.from_pretrained(args.checkpoint, revision=args.revision)
     result = predict_video(
-        args.checkpoint,
+        model,
         args.video,
         args.out,
         context=args.context,

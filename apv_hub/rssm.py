@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from apv_hub.errors import NonFiniteError
 from apv_hub.nets import GRUCell, activation
 
 State = dict[str, Tensor]
@@ -29,7 +30,15 @@ def sample_one_hot(logits: Tensor, sample: bool = True) -> Tensor:
     """One-hot draw (or mode) of categoricals [..., classes] with straight-through gradients."""
     probs = logits.softmax(-1)
     if sample:
-        index = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1)
+        try:
+            index = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1)
+        except RuntimeError as e:
+            # multinomial refuses non-finite probabilities; only then is the check paid for.
+            if bool(torch.isfinite(logits).all()):
+                raise
+            raise NonFiniteError(
+                "non-finite logits reached the latent sampler (the weights have diverged)"
+            ) from e
         index = index.reshape(probs.shape[:-1])
     else:
         index = probs.argmax(-1)

@@ -63,32 +63,59 @@ def load_tensors(path: str | Path, device: str = "cpu") -> tuple[dict[str, Tenso
     if expected is not None and tensor_digest(tensors) != expected:
         raise CheckpointError(
             f"{path} failed its integrity check: the tensor data does not match the digest "
-            "recorded when it was saved (the file was modified or damaged); download it again"
+            "recorded when it was saved (the file was modified or damaged after saving)"
         )
     return tensors, metadata
 
 
-def state_dict_mismatches(module: nn.Module, tensors: dict[str, Tensor]) -> list[str]:
-    """Human-readable differences between a module's state dict and loaded tensors."""
-    own = module.state_dict()
-    problems = [f"missing key {k}" for k in sorted(set(own) - set(tensors))]
-    problems += [f"unexpected key {k}" for k in sorted(set(tensors) - set(own))]
+def tensor_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """The name and shape of every tensor of a safetensors file, from its header alone (no
+    tensor data is read), so a checkpoint can be checked before anything is allocated."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file (truncated or corrupt?): {e}"
+        ) from e
+
+
+def shape_mismatches(
+    expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]]
+) -> list[str]:
+    """Human-readable differences between the tensor shapes a model has (``expected``) and
+    those a checkpoint holds (``found``)."""
+    problems = [f"missing key {k}" for k in sorted(set(expected) - set(found))]
+    problems += [f"unexpected key {k}" for k in sorted(set(found) - set(expected))]
     problems += [
-        f"shape of {k}: checkpoint {tuple(tensors[k].shape)}, model {tuple(own[k].shape)}"
-        for k in sorted(set(own) & set(tensors))
-        if tensors[k].shape != own[k].shape
+        f"shape of {k}: checkpoint {found[k]}, model {expected[k]}"
+        for k in sorted(set(expected) & set(found))
+        if tuple(found[k]) != tuple(expected[k])
     ]
     return problems
 
 
-def load_into(module: nn.Module, tensors: dict[str, Tensor], source: str) -> None:
-    """Load tensors into a module strictly; on mismatch, list the keys and shapes that differ."""
-    problems = state_dict_mismatches(module, tensors)
+def module_shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
+    """The shape of every entry of a module's state dict (also of a module on the meta device)."""
+    return {k: tuple(v.shape) for k, v in module.state_dict().items()}
+
+
+def check_fits(
+    module: nn.Module, found: dict[str, tuple[int, ...]], what: str | None = None
+) -> None:
+    """Raise a CheckpointError listing the keys and shapes that differ between a module and a
+    checkpoint's tensor shapes ``found``; ``what`` begins the message."""
+    problems = shape_mismatches(module_shapes(module), found)
     if problems:
         shown = "\n  ".join(problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        raise CheckpointError(
-            f"checkpoint {source} does not fit {type(module).__name__} "
-            f"({len(problems)} difference(s)):\n  {shown}{more}"
-        )
+        what = what or f"the checkpoint does not fit {type(module).__name__}"
+        raise CheckpointError(f"{what} ({len(problems)} difference(s)):\n  {shown}{more}")
+
+
+def load_into(module: nn.Module, tensors: dict[str, Tensor], source: str) -> None:
+    """Load tensors into a module strictly; on mismatch, list the keys and shapes that differ."""
+    shapes = {k: tuple(v.shape) for k, v in tensors.items()}
+    check_fits(module, shapes, f"checkpoint {source} does not fit {type(module).__name__}")
     module.load_state_dict(tensors, strict=True)

@@ -144,5 +144,5 @@ def test_config_json_with_unknown_field_is_refused(trained_model, tmp_path):
     config = json.loads((tmp_path / "config.json").read_text())
     config["determ"] = 5
     (tmp_path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="unknown APVConfig field.*determ"):
+    with pytest.raises(CheckpointError, match=r"config\.json: unknown APVConfig field.*determ"):
         APVVideoModel.from_pretrained(tmp_path)

@@ -10,7 +10,9 @@ Videos shorter than a clip (``(length - 1) * stride + 1`` frames) are handled by
 reported once; ``"pad"`` keeps them and repeats their last frame to fill the clip.
 
 A clip that fails to decode is replaced by a fresh deterministic draw, and counted: per item
-(``failed_draws``) and per process (``stats``); each bad video is logged once per process.
+(``failed_draws``) and per process (``stats``); each bad video is logged once per process, named
+by its corpus and key, and `failed_videos` names the videos an item skipped. When every video
+is undecodable, a `VideoError` says so in one line instead.
 
 ``StreamingClipDataset`` (an iterable dataset) draws clips from corpora streamed rather than
 loaded, for corpora that do not fit on disk (see its docstring).
@@ -31,6 +33,7 @@ from datasets import Dataset, IterableDataset
 from apv_hub.data.corpus import load_video_corpus
 from apv_hub.data.report import SkipReport
 from apv_hub.data.video import VideoError, center_crop, decode_frames, decode_size
+from apv_hub.hub import hub_failure
 
 logger = logging.getLogger(__name__)
 
@@ -46,14 +49,16 @@ class _Pool:
     num_frames: np.ndarray  # int64 [N]
     heights: np.ndarray  # int64 [N]
     widths: np.ndarray  # int64 [N]
+    keys: list[str]  # [N]: the videos' corpus keys
 
 
 class ClipDataset(torch.utils.data.Dataset):
     """Clips of ``length`` frames, every ``stride``-th frame, resized to ``size``.
 
     Items: ``{"frames": uint8 [T, 3, H, W], "corpus": int, "row": int, "start": int,
-    "failed_draws": int}``: the corpus index in the mixture, the row of the video in that
-    corpus, the first frame index, and how many draws before this one failed to decode.
+    "failed_draws": int, "index": int}``: the corpus index in the mixture, the row of the video
+    in that corpus, the first frame index, how many draws before this one failed to decode, and
+    the item's own index.
 
     Args:
         corpora: a corpus (``datasets.Dataset``, folder or Hub repo id) or a list of them.
@@ -89,7 +94,9 @@ class ClipDataset(torch.utils.data.Dataset):
         check_clip_args(length, stride, short_videos, resize, rank, world_size)
         if isinstance(corpora, (Dataset, str)) or not isinstance(corpora, Sequence):
             corpora = [corpora]
-        self.corpora = [c if isinstance(c, Dataset) else load_video_corpus(c) for c in corpora]
+        self.corpora = [_open_corpus(c) for c in corpora]
+        # How videos are named in messages: the corpus as given, or its position.
+        self.names = [c if isinstance(c, str) else f"corpus {i}" for i, c in enumerate(corpora)]
         self.length, self.stride = length, stride
         self.size = (size, size) if isinstance(size, int) else tuple(size)
         self.seed, self.rank, self.world_size = seed, rank, world_size
@@ -134,11 +141,13 @@ class ClipDataset(torch.utils.data.Dataset):
                 f"corpus {index} has no usable video for rank {self.rank} of {self.world_size} "
                 f"({int(keep.sum())} usable of {len(keep)}, clip span {self.span} frames)"
             )
+        keys = meta["key"]
         return _Pool(
             rows=rows,
             num_frames=num_frames[rows],
             heights=np.asarray(meta["height"], np.int64)[rows],
             widths=np.asarray(meta["width"], np.int64)[rows],
+            keys=[str(keys[row]) for row in rows],
         )
 
     def _mixture_weights(self, weights: Sequence[float] | None) -> np.ndarray:
@@ -177,9 +186,22 @@ class ClipDataset(torch.utils.data.Dataset):
         pos = int(rng.integers(len(pool.rows)))
         return corpus, pos, draw_start(rng, int(pool.num_frames[pos]), self.span)
 
+    def video_name(self, corpus: int, pos: int) -> str:
+        """``<corpus as given>:<key>`` of the video at position ``pos`` of a corpus's pool."""
+        return f"{self.names[corpus]}:{self._pools[corpus].keys[pos]}"
+
+    def failed_videos(self, index: int, failed_draws: int) -> list[str]:
+        """The videos item ``index`` skipped before the one it returned (``failed_draws`` of
+        them, each undecodable), by name (`video_name`); draws are pure, so any process can
+        name what a DataLoader worker skipped."""
+        return [self.video_name(*self._draw(index, a)[:2]) for a in range(failed_draws)]
+
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < self.num_clips:
             raise IndexError(f"clip index {index} out of range [0, {self.num_clips})")
+        # Failures are logged once the item has a clip: a corpus of undecodable videos then
+        # gives one error line rather than a warning per video first.
+        failures: list[str] = []
         for attempt in range(MAX_DRAWS):
             corpus, pos, start = self._draw(index, attempt)
             row = int(self._pools[corpus].rows[pos])
@@ -190,8 +212,12 @@ class ClipDataset(torch.utils.data.Dataset):
             except VideoError as e:
                 self._bad_rows.add((corpus, row))
                 self.stats["failed_draws"] += 1
-                logger.warning("skipping video %d of corpus %d: %s", row, corpus, e)
+                failures.append(f"{self.video_name(corpus, pos)} ({e})")
+                if self._all_bad():
+                    break
                 continue
+            for failure in failures:
+                logger.warning("skipping undecodable video %s", failure)
             self.stats["clips"] += 1
             return {
                 "frames": torch.from_numpy(frames),
@@ -199,8 +225,26 @@ class ClipDataset(torch.utils.data.Dataset):
                 "row": row,
                 "start": start,
                 "failed_draws": attempt,
+                "index": index,
             }
-        raise RuntimeError(f"no decodable clip for item {index} after {MAX_DRAWS} draws")
+        shown = "; ".join(failures[:3])
+        if len(failures) > 3:
+            shown += f"; and {len(failures) - 3} more"
+        if self._all_bad():
+            usable = sum(len(p.rows) for p, w in zip(self._pools, self.weights, strict=True) if w)
+            raise VideoError(
+                f"no video of {', '.join(self.names)} can be decoded ({usable} of {usable} "
+                f"failed: {shown}); rebuild the corpus with its dataset script"
+            )
+        raise VideoError(
+            f"no decodable clip for item {index} in {MAX_DRAWS} draws ({len(failures)} videos "
+            f"failed: {shown}); is most of the corpus damaged?"
+        )
+
+    def _all_bad(self) -> bool:
+        """Whether every video this process may draw (of corpora with weight) failed."""
+        bad = np.bincount([c for c, _ in self._bad_rows], minlength=len(self._pools))
+        return all(bad[c] >= len(p.rows) for c, p in enumerate(self._pools) if self.weights[c] > 0)
 
     def _decode(self, corpus: int, pos: int, start: int) -> np.ndarray:
         """One clip -> uint8 [T, 3, H, W]."""
@@ -427,3 +471,18 @@ class StreamingClipDataset(torch.utils.data.IterableDataset):
                 "skipped": skipped,
             }
             skipped = 0
+
+
+def _open_corpus(corpus: Dataset | str) -> Dataset:
+    """A loaded corpus; a folder or repo id that holds none raises a VideoError naming it."""
+    if isinstance(corpus, Dataset):
+        return corpus
+    try:
+        return load_video_corpus(corpus)
+    except Exception as e:
+        # Hub client errors first: the offline one is also a FileNotFoundError.
+        message = hub_failure(e, str(corpus), kind="dataset repository")
+        if message is None and not isinstance(e, FileNotFoundError):
+            raise
+        text = message or str(e)
+        raise VideoError(text if str(corpus) in text else f"corpus {corpus}: {text}") from None

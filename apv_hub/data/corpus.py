@@ -150,6 +150,8 @@ class CorpusCard:
     license: str = "other"  # a Hub licence id
     license_note: str = ""
     tags: Sequence[str] = ("apv", "video", "world-model", "reinforcement-learning")
+    # Hub task categories: what the corpus serves (action-free pre-training for control).
+    task_categories: Sequence[str] = ("reinforcement-learning", "robotics")
 
 
 @dataclass
@@ -278,11 +280,14 @@ def write_card(root: str | Path, card: CorpusCard, skipped: SkipReport | None = 
     sizes = Counter(f"{h}x{w}" for h, w in zip(cols["height"], cols["width"], strict=True))
     fps = sorted(set(round(f, 2) for f in cols["fps"]))
     tags = "\n".join(f"- {t}" for t in card.tags)
+    categories = "\n".join(f"- {t}" for t in card.task_categories)
     skip_text = skipped.summary() if skipped is not None else "not recorded"
     fps_text = f"{fps[0]} to {fps[-1]}" if len(fps) > 1 else (str(fps[0]) if fps else "-")
     text = f"""---
 pretty_name: {card.pretty_name}
 license: {card.license}
+task_categories:
+{categories}
 tags:
 {tags}
 size_categories:

@@ -12,6 +12,8 @@ import functools
 import io
 import math
 import os
+import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -129,12 +131,24 @@ class _DecordReader:
     def __init__(self, data: bytes, height: int, width: int) -> None:
         self._decord = _decord()
         self._data, self._height, self._width = data, height, width
-        try:
-            self._reader = self._decord.VideoReader(
-                io.BytesIO(data), width=width, height=height, num_threads=1
-            )
-        except (RuntimeError, self._decord.DECORDError) as e:
-            raise VideoError(f"cannot open: {_first_line(e)}") from e
+        # decord logs a failed open on stderr with the whole input as the "file name", which
+        # puts the bytes of an invalid file on the terminal: what the C code writes to file
+        # descriptor 2 during the open is captured instead, and FFmpeg's reason taken from it.
+        with tempfile.TemporaryFile() as log:
+            sys.stderr.flush()
+            saved = os.dup(2)
+            os.dup2(log.fileno(), 2)
+            try:
+                self._reader = self._decord.VideoReader(
+                    io.BytesIO(data), width=width, height=height, num_threads=1
+                )
+            except (RuntimeError, self._decord.DECORDError) as e:
+                log.seek(0)
+                reason = _decoder_reason(log.read()) or _first_line(e)
+                raise VideoError(f"cannot open: {reason}") from e
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
 
     def __len__(self) -> int:
         return len(self._reader)
@@ -286,6 +300,15 @@ def probe_video(data: bytes) -> VideoInfo:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return text[0][:200] if text else type(e).__name__
+
+
+def _decoder_reason(log: bytes) -> str:
+    """FFmpeg's reason in decord's last log line (``... ERROR opening: <input>, <reason>``)."""
+    lines = [line for line in log.decode("utf-8", "replace").splitlines() if line.strip()]
+    if not lines:
+        return ""
+    reason = lines[-1].rsplit(", ", 1)[-1].strip()
+    return reason[:200] if reason.isprintable() else ""
 
 
 def cover_size(height: int, width: int, out_h: int, out_w: int) -> tuple[int, int]:

@@ -24,6 +24,7 @@ step starts a new episode in that slot. A worker that cannot build its environme
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing as mp
 import time
 import traceback
@@ -37,6 +38,7 @@ from apv_hub.envs.base import Obs, PixelEnv
 from apv_hub.errors import ApvHubError
 
 EnvFactory = Callable[[int], PixelEnv]
+logger = logging.getLogger(__name__)
 # Imported once by the forkserver process, so that forked workers start without re-importing
 # the simulators (modules that are not installed are skipped by multiprocessing).
 PRELOAD = ["apv_hub.envs.registry", "apv_hub.envs.dmc", "dm_control.suite", "metaworld"]
@@ -45,6 +47,16 @@ DEFAULT_START_METHOD = "forkserver" if "forkserver" in mp.get_all_start_methods(
 
 class EnvError(ApvHubError, RuntimeError):
     """An environment that cannot be built, or a pool used wrongly."""
+
+
+def _worker_error(message: str, report: str) -> EnvError:
+    """An EnvError: ``message`` with the worker's exception (the last line of its ``report``);
+    the whole traceback is attached as a note (shown with a traceback, not on the one line
+    the console commands print)."""
+    lines = [line.strip() for line in report.strip().splitlines() if line.strip()]
+    error = EnvError(f"{message}: {lines[-1] if lines else 'no report'}")
+    error.add_note(f"worker report:\n{report.strip()}")
+    return error
 
 
 @dataclass
@@ -261,9 +273,10 @@ class EnvPool:
             sent = self._send(slot, ("reset", seed))
             reply = self._receive(slot) if sent else ("error", "the worker's pipe is closed")
         if reply[0] != "ok":
-            raise EnvError(
+            raise _worker_error(
                 f"environment {self.env!r} failed to reset in worker {slot} "
-                f"{self.max_start_attempts + 1} times in a row; last error:\n{reply[1]}"
+                f"{self.max_start_attempts + 1} times in a row",
+                reply[1],
             )
         return reply
 
@@ -302,6 +315,14 @@ class EnvPool:
         """Record a failure of ``slot``'s worker, kill it and start a fresh one."""
         self.restarts += 1
         self.failures.append(Failure(slot, reason.strip(), time.time()))
+        lines = reason.strip().splitlines() or ["unknown failure"]
+        logger.warning(
+            "environment %r: worker %d failed (%s) and was replaced (%d restart(s) so far)",
+            self.env,
+            slot,
+            lines[-1],
+            self.restarts,
+        )
         self._stop(slot, grace=0.0)
         self._generation[slot] += 1
         self._start([slot])
@@ -324,9 +345,10 @@ class EnvPool:
                 errors[slot].append(payload)
                 self._stop(slot, grace=1.0)
                 if len(errors[slot]) >= self.max_start_attempts:
-                    raise EnvError(
-                        f"environment {self.env!r} failed to start in worker {slot} "
-                        f"{len(errors[slot])} times in a row; last error:\n{payload}"
+                    raise _worker_error(
+                        f"environment {self.env!r} cannot be built (worker {slot} failed "
+                        f"{len(errors[slot])} times in a row)",
+                        payload,
                     )
                 self._generation[slot] += 1
                 retry.append(slot)

@@ -184,7 +184,7 @@ def evaluate(
     seeds = [episode_seed(seed, i) for i in range(episodes)]
     with EnvPool(env, min(num_envs, episodes), seed=seed, **(env_options or {})) as pool:
         if pool.action_dim != agent.action_dim:
-            raise ValueError(
+            raise ConfigError(
                 f"{env} has {pool.action_dim}-dimensional actions, the agent was trained for "
                 f"{agent.action_dim}"
             )
@@ -226,8 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--video-episodes", type=int, default=10, help="episodes in the video")
     parser.add_argument("--fps", type=int, default=20, help="video frame rate")
     parser.add_argument("--no-video", action="store_true", help="do not write a video")
-    parser.add_argument("--revision", default=None, help="Hub revision of the agent")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--revision", default=None, help="Hub revision (branch, tag or commit) of the agent"
+    )
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="where the agent runs (default: cuda when available, else cpu)",
+    )
     return parser
 
 
@@ -237,6 +243,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from apv_hub.data.video import video_grid, write_video
 
     args = build_parser().parse_args(argv)
+    for name in ("episodes", "num_envs", "video_episodes", "fps"):
+        value = getattr(args, name)
+        if value is not None and value < (0 if name == "video_episodes" else 1):
+            raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value}")
     agent = APVAgent.from_pretrained(args.agent, revision=args.revision, map_location=args.device)
     finetune = agent.training_info.get("finetune", {})
     env = args.env or finetune.get("env")

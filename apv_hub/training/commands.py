@@ -40,6 +40,7 @@ from apv_hub.training.configs import (
     default_preset,
 )
 from apv_hub.training.run import RunPaths, resume_config
+from apv_hub.weights import CheckpointError
 
 PRETRAIN_FLAGS = {
     "--data": "data",
@@ -49,6 +50,7 @@ PRETRAIN_FLAGS = {
     "--short-videos": "short_videos",
     "--resize": "resize",
     "--init": "init",
+    "--init-revision": "init_revision",
     "--batch-size": "model.batch_size",
     "--seq-len": "model.seq_len",
     "--steps": "steps",
@@ -61,13 +63,16 @@ PRETRAIN_FLAGS = {
     "--eval-context": "eval_context",
     "--checkpoint-every": "checkpoint_every",
     "--keep-checkpoints": "keep_checkpoints",
+    "--log-with": "log_with",
     "--push-to-hub": "push_to_hub",
     "--private": "private",
+    "--revision": "hub_revision",
     "--card-notes": "card_notes",
 }
 FINETUNE_FLAGS = {
     "--env": "env",
     "--pretrained": "pretrained",
+    "--pretrained-revision": "pretrained_revision",
     "--variant": "variant",
     "--reward-model": "reward_model",
     "--reward-class": "reward_class",
@@ -79,8 +84,10 @@ FINETUNE_FLAGS = {
     "--eval-every": "eval_every",
     "--eval-episodes": "eval_episodes",
     "--checkpoint-every": "checkpoint_every",
+    "--log-with": "log_with",
     "--push-to-hub": "push_to_hub",
     "--private": "private",
+    "--revision": "hub_revision",
     "--card-notes": "card_notes",
 }
 VIPER_FLAGS = {
@@ -201,18 +208,24 @@ def new_pretrain_config(preset: str | None) -> Callable[[dict[str, Any]], Config
         init = assignments.get("init")
         if init is not None and preset is not None:
             raise ConfigError("--preset and --init exclude each other: --init fixes the model")
-        model = init_model_config(init) if init else APVConfig.preset(preset or "small")
+        revision = assignments.get("init_revision")
+        model = init_model_config(init, revision) if init else APVConfig.preset(preset or "small")
         return PretrainConfig(data=text_list(assignments["data"]), model=model)
 
     return build
 
 
-def init_model_config(init: str) -> APVConfig:
+def init_model_config(init: str, revision: str | None = None) -> APVConfig:
     """The APVConfig of the checkpoint (folder or repo id) a run starts from."""
     from apv_hub.hub import CONFIG_NAME, resolve_file
 
-    path = resolve_file(init, CONFIG_NAME)
-    return APVConfig.from_dict(read_json_object(path), complete=True, ignore=METADATA_KEYS)
+    path = resolve_file(init, CONFIG_NAME, revision=revision)
+    try:
+        data = read_json_object(path, what="a checkpoint config")
+        return APVConfig.from_dict(data, complete=True, ignore=METADATA_KEYS)
+    except ConfigError as e:
+        message = str(e) if str(e).startswith(str(path)) else f"{path}: {e}"
+        raise CheckpointError(message) from None
 
 
 @command("apv-pretrain")

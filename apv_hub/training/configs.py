@@ -94,12 +94,15 @@ class PretrainConfig(CorpusRunConfig):
     init: str | None = option(
         None, "checkpoint (folder or repo id) whose weights the run starts from"
     )
+    init_revision: str | None = option(None, "Hub revision (branch, tag, commit) of init")
     stride: int = option(1, "clips take every stride-th frame")
     steps: int = option(600_000, "gradient steps (paper: 600K)", resumable=True)
     eval_every: int = option(5000, "steps between open-loop prediction videos", resumable=True)
     eval_clips: int = option(4, "clips in the prediction video", resumable=True)
     eval_context: int = option(5, "context frames the model sees before predicting", resumable=True)
     compile: bool = option(False, "torch.compile the loss computation")
+
+    LEGACY: ClassVar[dict[str, Any]] = {**RunConfig.LEGACY, "init_revision": None}
 
     def validate(self) -> None:
         super().validate()
@@ -235,6 +238,9 @@ class FinetuneConfig(RunConfig):
     )
     variant: str = option("apv", f"the agent: one of {', '.join(VARIANTS)} (or an alias)")
     pretrained: str | None = option(None, "pre-trained APVVideoModel: folder or Hub repo id")
+    pretrained_revision: str | None = option(
+        None, "Hub revision (branch, tag, commit) of pretrained"
+    )
     preset_name: str = option("metaworld", "the preset this config started from (a record)")
     total_env_steps: int = option(256_000, "environment steps to train for", resumable=True)
     prefill: int = option(5000, "policy steps of uniformly random actions before training")
@@ -272,6 +278,7 @@ class FinetuneConfig(RunConfig):
         64, "variant viper: steps per environment scored in one reward-model call"
     )
 
+    LEGACY: ClassVar[dict[str, Any]] = {**RunConfig.LEGACY, "pretrained_revision": None}
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         # REFERENCE section 2, Meta-world: 256K steps, prefill 5000, 100 pretrain updates, 10
         # eval episodes (success rate).

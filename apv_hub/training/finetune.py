@@ -86,7 +86,9 @@ def build_agent(config: FinetuneConfig, action_dim: int) -> Agent:
     from apv_hub.agent import APVAgent
 
     torch.manual_seed(config.seed)
-    return APVAgent.build(config.agent, action_dim, config.pretrained)
+    return APVAgent.build(
+        config.agent, action_dim, config.pretrained, revision=config.pretrained_revision
+    )
 
 
 def make_env_pool(config: FinetuneConfig, seed: int, num_envs: int) -> EnvPool:
@@ -164,6 +166,7 @@ class Finetuner:
             raise
         self.agent.to(self.run.device)
         self.run.broadcast_module(self.agent)
+        self.run.watch(self.agent)
         self.optimizers = prepare_optimizers(accelerator, self.agent.make_optimizers())
         self.replay = make_replay(
             max(1, cfg.replay_capacity // self.world), derive_seed(cfg.seed, "replay", self.rank)
@@ -199,8 +202,9 @@ class Finetuner:
         try:
             while counters.env_steps < cfg.total_env_steps:
                 before = counters.env_steps
-                obs, policy_state = self._collect(obs, policy_state)
-                self._train()
+                with self.run.divergence_stop(self._where):
+                    obs, policy_state = self._collect(obs, policy_state)
+                    self._train()
                 if crossed(before, counters.env_steps, cfg.log_every):
                     self._log(bar)
                 if crossed(before, counters.env_steps, cfg.eval_every):
@@ -284,6 +288,10 @@ class Finetuner:
         where = f"update {self.agent.num_updates} at {self.counters.env_steps} env steps"
         self.guard.observe(finite, where, f"{', '.join(bad)} non-finite", run.checkpoint)
 
+    def _where(self) -> str:
+        updates, steps = self.agent.num_updates, self.counters.env_steps
+        return f"at {steps} env steps, after {updates} update(s)"
+
     # Records -------------------------------------------------------------------------------
 
     def _log(self, bar: Any) -> None:
@@ -300,6 +308,7 @@ class Finetuner:
         row["perf/updates_per_s"] = (updates - start_updates) / elapsed
         row.update({f"replay/{k}": v for k, v in self.replay.stats.items()})
         row["replay/pool_restarts"] = self.pool.restarts
+        self._note_restarts()
         row.update(
             {
                 "progress/updates": updates,
@@ -435,8 +444,19 @@ class Finetuner:
             }
         )
 
+    def _note_restarts(self) -> None:
+        """Replaced environment workers (the pool logged each) into the run's recoveries."""
+        for pool in (self.pool, self.eval_pool):
+            for failure in pool.failures if pool is not None else []:
+                when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(failure.time))
+                reason = failure.reason.splitlines()[-1]
+                self.run.recover(
+                    "env_worker_restarts", f"{pool.env} worker {failure.slot} at {when}: {reason}"
+                )
+
     def _finish(self) -> Path | None:
         run = self.run
+        self._note_restarts()
         self.agent.training_info["finetune"] = self.training_record()
         paths = run.paths
         extra = {"eval.csv": paths.root / "eval.csv", "eval.json": paths.root / "eval.json"}

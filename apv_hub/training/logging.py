@@ -1,5 +1,5 @@
-"""What a training run writes for people to read: TensorBoard scalars, a learning curve as CSV
-and JSON, and videos (mp4, H.264 through PyAV).
+"""What a training run writes for people to read: the trackers' logs (TensorBoard by default,
+any of Accelerate's trackers on request), a learning curve as CSV and JSON, and videos.
 
 Every writer here is meant for the main process only; the trainers create them there and pass
 ``None`` elsewhere.
@@ -8,6 +8,7 @@ Every writer here is meant for the main process only; the trainers create them t
 from __future__ import annotations
 
 import csv
+import importlib
 import io
 import json
 from collections.abc import Mapping, Sequence
@@ -16,52 +17,150 @@ from typing import Any
 
 import numpy as np
 
+from apv_hub.config_base import ConfigError
 from apv_hub.data.video import gif_bytes
 from apv_hub.io import write_atomic
 
+TENSORBOARD = "tensorboard"
+# Hub-wide project name of the trackers that group runs by project (wandb, mlflow, ...).
+PROJECT = "apv-hub"
 
-class ScalarLogger:
-    """TensorBoard event files under ``directory`` (one run), written by ``log(step, metrics)``.
 
-    Non-finite values are written as they are (TensorBoard shows them), so a diverging run is
-    visible rather than silently dropped.
+def tracker_names() -> list[str]:
+    """The trackers Accelerate knows by name (installed or not)."""
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+
+    return sorted(LOGGER_TYPE_TO_CLASS)
+
+
+def check_tracker_name(name: str) -> None:
+    """A ConfigError unless ``name`` is a tracker Accelerate knows or a ``module:Class`` path
+    (what a config may name; whether it is installed is checked when the run starts)."""
+    if ":" in name:
+        module, _, attr = name.partition(":")
+        if module and attr.isidentifier():
+            return
+    elif name in tracker_names():
+        return
+    raise ConfigError(
+        f"log_with: unknown tracker {name!r}; choose from {', '.join(tracker_names())}, or give "
+        "module:Class of an accelerate.tracking.GeneralTracker subclass"
+    )
+
+
+def tracker_class(name: str) -> type:
+    """The Accelerate tracker class that ``name`` names: one of Accelerate's trackers
+    (``tensorboard``, ``wandb``, ``mlflow``, ...) or ``module:Class`` of a ``GeneralTracker``
+    subclass. A ConfigError says when it is unknown, not installed or not a tracker."""
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS, GeneralTracker, get_available_trackers
+
+    check_tracker_name(name)
+    if ":" in name:
+        module, _, attr = name.partition(":")
+        try:
+            cls = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as e:
+            raise ConfigError(f"log_with: cannot import tracker {name!r}: {e}") from None
+        if not (isinstance(cls, type) and issubclass(cls, GeneralTracker)):
+            raise ConfigError(
+                f"log_with: {name} is not an accelerate.tracking.GeneralTracker subclass"
+            )
+        return cls
+    if name not in {str(t) for t in get_available_trackers()}:
+        raise ConfigError(f"log_with: the {name} tracker is not installed (pip install {name})")
+    return LOGGER_TYPE_TO_CLASS[name]
+
+
+class RunLogger:
+    """A run's trackers: scalars, text and videos go to each of them.
+
+    ``log_with`` names Accelerate trackers (`tracker_class`). TensorBoard writes its event files
+    straight into ``directory`` and hides the events a crashed run wrote from ``purge_step`` on
+    (a resumed run's first step), so curves do not double back; trackers that need a folder get
+    ``directory``, and wandb also gets the run's name. Non-finite values are logged as they are,
+    so a diverging run is visible rather than silently dropped.
     """
 
-    def __init__(self, directory: str | Path, purge_step: int | None = None) -> None:
-        """``purge_step``: a resumed run's first step; events the crashed run wrote from that
-        step on are hidden, so curves do not double back."""
-        from torch.utils.tensorboard import SummaryWriter  # tensorboard is an optional extra
-
+    def __init__(
+        self,
+        directory: str | Path,
+        log_with: Sequence[str] = (TENSORBOARD,),
+        run_name: str = "run",
+        purge_step: int | None = None,
+        config: Mapping[str, Any] | None = None,
+    ) -> None:
         self.directory = Path(directory)
-        self.writer = SummaryWriter(log_dir=str(self.directory), purge_step=purge_step)
+        self.trackers: list[Any] = []
+        for name in log_with:
+            cls = tracker_class(name)
+            project, kwargs = PROJECT, {}
+            if cls.name == TENSORBOARD:
+                project, kwargs = "", {"purge_step": purge_step}
+            elif cls.name == "wandb":
+                kwargs = {"name": run_name, "dir": str(self.directory)}
+            if cls.requires_logging_directory:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                tracker = cls(project, str(self.directory), **kwargs)
+            else:
+                tracker = cls(project, **kwargs)
+            tracker.start()
+            self.trackers.append(tracker)
+        if config:
+            # TensorBoard shows the config as text (`text`); its hyper-parameter writer would
+            # add a sub-run to the logs every session.
+            flat = {k: v if _is_scalar(v) else json.dumps(v) for k, v in config.items()}
+            for tracker in self.trackers:
+                if tracker.name != TENSORBOARD:
+                    tracker.store_init_configuration(flat)
 
     def log(self, step: int, metrics: Mapping[str, float], prefix: str = "") -> None:
         """Write ``metrics`` ({name: number}) at ``step``, each under ``prefix/name``."""
-        for name, value in metrics.items():
-            self.writer.add_scalar(f"{prefix}/{name}" if prefix else name, float(value), step)
-        self.writer.flush()
+        values = {f"{prefix}/{k}" if prefix else k: float(v) for k, v in metrics.items()}
+        for tracker in self.trackers:
+            tracker.log(values, step=step)
 
     def text(self, tag: str, text: str, step: int = 0) -> None:
-        self.writer.add_text(tag, text, step)
-        self.writer.flush()
+        for tracker in self.trackers:
+            tracker.log({tag: text}, step=step)
 
     def video(self, tag: str, frames: np.ndarray, step: int, fps: int = 10) -> None:
-        """An animated image (gif) of uint8 frames [T, H, W, 3], shown in TensorBoard's Images
-        tab (what ``add_video`` writes, without its moviepy dependency)."""
-        from tensorboard.compat.proto.summary_pb2 import Summary
+        """uint8 frames [T, H, W, 3], through each tracker's own API: an animated image (gif)
+        in TensorBoard's Images tab (what ``add_video`` writes, without its moviepy
+        dependency), a ``wandb.Video``, the frames as images for other trackers that take
+        images, nothing for those that take none."""
+        for tracker in self.trackers:
+            if tracker.name == TENSORBOARD:
+                writer = tracker.tracker
+                writer.file_writer.add_summary(_gif_summary(tag, frames, fps), step)
+                writer.flush()
+            elif tracker.name == "wandb":
+                import wandb
 
-        image = Summary.Image(
-            height=frames.shape[1],
-            width=frames.shape[2],
-            colorspace=3,
-            encoded_image_string=gif_bytes(frames, fps),
-        )
-        summary = Summary(value=[Summary.Value(tag=tag, image=image)])
-        self.writer._get_file_writer().add_summary(summary, step)
-        self.writer.flush()
+                clip = wandb.Video(frames.transpose(0, 3, 1, 2), fps=fps, format="gif")
+                tracker.log({tag: clip}, step=step)
+            elif hasattr(tracker, "log_images"):
+                tracker.log_images({tag: list(frames)}, step=step)
 
     def close(self) -> None:
-        self.writer.close()
+        for tracker in self.trackers:
+            tracker.finish()
+        self.trackers = []
+
+
+def _gif_summary(tag: str, frames: np.ndarray, fps: int) -> Any:
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    image = Summary.Image(
+        height=frames.shape[1],
+        width=frames.shape[2],
+        colorspace=3,
+        encoded_image_string=gif_bytes(frames, fps),
+    )
+    return Summary(value=[Summary.Value(tag=tag, image=image)])
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, bool | int | float | str)
 
 
 class CurveWriter:

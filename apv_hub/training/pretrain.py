@@ -84,10 +84,15 @@ def make_clips(config: PretrainConfig, rank: int, world_size: int, num_clips: in
 
 def build_model(config: PretrainConfig) -> APVVideoModel:
     """A fresh model seeded by ``config.seed``, or the ``init`` checkpoint's weights."""
+    # The init checkpoint first: its loader checks it before a model of its size is allocated.
+    source = (
+        APVVideoModel.from_pretrained(config.init, revision=config.init_revision)
+        if config.init is not None
+        else None
+    )
     torch.manual_seed(config.seed)
     model = APVVideoModel(config.model)
-    if config.init is not None:
-        source = APVVideoModel.from_pretrained(config.init)
+    if source is not None:
         load_into(model, source.state_dict(), source=config.init)
     return model
 
@@ -130,6 +135,7 @@ class Pretrainer:
             progress=progress,
             step_name="step",
         )
+        self.run.watch(self.model)
         self.step = 0
         self.failed_draws = 0
         self.clips_seen: list[list[int]] = []
@@ -172,6 +178,7 @@ class Pretrainer:
         bar = run.progress_bar(cfg.steps, self.step, "pre-training")
         window = MetricWindow()
         batches = iter(self._loader()) if self.step < cfg.steps else iter(())
+        where = lambda: f"training step {self.step + 1} (of {cfg.steps})"
         try:
             while self.step < cfg.steps:
                 fetch = time.perf_counter()
@@ -179,7 +186,8 @@ class Pretrainer:
                 frames = batch["frames"].to(run.device, non_blocking=True)
                 window.data_seconds += time.perf_counter() - fetch
                 self._note_batch(batch)
-                self._train_step(frames, window)
+                with run.divergence_stop(where):
+                    self._train_step(frames, window)
                 bar.update(1)
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                     row = self._log(window)
@@ -189,6 +197,9 @@ class Pretrainer:
                     self._evaluate()
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                     self._save_checkpoint()
+        except BaseException:
+            run.close()
+            raise
         finally:
             bar.close()
         return self._finish()
@@ -210,6 +221,12 @@ class Pretrainer:
 
     def _note_batch(self, batch: dict) -> None:
         self.failed_draws += int(batch["failed_draws"].sum())
+        # Videos that failed to decode (the dataset logged why): listed in summary.json.
+        if batch["failed_draws"].any():
+            failed = batch["failed_draws"].tolist()
+            for index, count in zip(batch["index"].tolist(), failed, strict=True):
+                for name in self.clips.failed_videos(index, count):
+                    self.run.recover("skipped_videos", name)
         if self.debug_dump is not None:
             ids = torch.stack([batch["corpus"], batch["row"], batch["start"]], 1)
             self.clips_seen += ids.tolist()
@@ -246,7 +263,7 @@ class Pretrainer:
         path = write_video(run.paths.videos / f"pred-{self.step}.mp4", video, fps=VIDEO_FPS)
         write_gif(path.with_suffix(".gif"), video, fps=VIDEO_FPS)
         run.log(self.step, {"open_loop_mse": self.eval_mse}, curve="eval")
-        run.logger.video("eval/open_loop_prediction", video, self.step, fps=VIDEO_FPS)
+        run.log_video("eval/open_loop_prediction", video, self.step, fps=VIDEO_FPS)
         self.last_video = path
 
     # Checkpoints ------------------------------------------------------------------------------

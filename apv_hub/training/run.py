@@ -21,26 +21,35 @@ the rest:
 - resume (`resume_config`: only schedule and output fields may change; `Run.restore`: the newest
   checkpoint that loads, falling back to older ones when newer are damaged, and saying so);
 - RNG state per process (torch, CUDA and the trainer's numpy generators) in every checkpoint;
-- the non-finite policy (`NonFiniteGuard`), metric windows reduced over steps and processes only
-  at log time (`MetricWindow`), the progress bar, the recorded command lines, the Hub push.
+- the non-finite policy (`NonFiniteGuard`) and divergence (`Run.watch`, `Run.divergence_stop`:
+  huge or non-finite weights, checked at every log row and before every checkpoint, and
+  non-finite values met inside the model stop the run with the step and the last checkpoint; no
+  checkpoint is ever written from diverged weights);
+- recoveries (`Run.recover`: a damaged checkpoint skipped on resume, a replaced environment
+  worker, a skipped corrupt video), printed or logged when they happen and listed in
+  ``summary.json``;
+- metric windows reduced over steps and processes only at log time (`MetricWindow`), the
+  trackers (`apv_hub.training.logging.RunLogger`), the progress bar, the recorded command lines,
+  the Hub push.
 
 Every process of a multi-process run builds the Run; only the main one writes shared files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
+import math
 import os
 import resource
-import shutil
-import tempfile
+import sys
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -48,7 +57,8 @@ from torch import Tensor, nn
 
 from apv_hub.cli import command_line
 from apv_hub.config_base import Config, ConfigError, option
-from apv_hub.errors import ApvHubError
+from apv_hub.errors import ApvHubError, NonFiniteError
+from apv_hub.hub import PushError
 from apv_hub.io import json_ready, write_json
 from apv_hub.seeding import load_rng_state, save_rng_state
 from apv_hub.training.checkpoint import (
@@ -57,7 +67,13 @@ from apv_hub.training.checkpoint import (
     commit_checkpoint,
     list_checkpoints,
 )
-from apv_hub.training.logging import CurveWriter, ScalarLogger
+from apv_hub.training.logging import (
+    TENSORBOARD,
+    CurveWriter,
+    RunLogger,
+    check_tracker_name,
+    tracker_class,
+)
 from apv_hub.weights import CheckpointError
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -77,8 +93,17 @@ class RunLockedError(ApvHubError):
     """Another process is writing the run folder."""
 
 
-class NonFiniteError(ApvHubError, FloatingPointError):
-    """Training produced non-finite values for more steps in a row than allowed."""
+class DivergenceError(NonFiniteError):
+    """A run stopped because training diverged: the message names the step and the last
+    checkpoint (non-finite steps in a row, huge or non-finite weights, non-finite values met
+    inside the model)."""
+
+
+def divergence_advice(checkpoint: Path | None) -> str:
+    return (
+        f"training stopped; the last checkpoint is {checkpoint or 'none yet'}. Lower the "
+        "learning rate (--set ...lr=...), check the data, or train in fp32 (--precision fp32)."
+    )
 
 
 class RunConfig(Config):
@@ -96,13 +121,37 @@ class RunConfig(Config):
         "consecutive steps with a non-finite loss or gradient (each skipped) before the run stops",
         resumable=True,
     )
+    divergence_limit: float = option(
+        1e4,
+        "largest weight magnitude of a healthy model: a larger or non-finite weight (checked at "
+        "every log row and before every checkpoint) stops the run as diverged",
+        resumable=True,
+    )
+    log_with: list[str] = option(
+        factory=lambda: [TENSORBOARD],
+        help="trackers the logs go to: Accelerate's (tensorboard, wandb, mlflow, ...; each "
+        "installed separately) or module:Class of an accelerate GeneralTracker subclass",
+        resumable=True,
+    )
     push_to_hub: str | None = option(
         None, "Hub repo id the final model is pushed to", resumable=True
     )
     private: bool = option(False, "create that Hub repo as private", resumable=True)
+    hub_revision: str | None = option(
+        None,
+        "branch of the push_to_hub repo to push to (created from main when missing; default main)",
+        resumable=True,
+    )
     card_notes: str | None = option(
         None, "markdown file whose text the model card includes (model_cards/)", resumable=True
     )
+
+    # Run configs saved before these fields existed.
+    LEGACY: ClassVar[dict[str, Any]] = {
+        "divergence_limit": 1e4,
+        "log_with": [TENSORBOARD],
+        "hub_revision": None,
+    }
 
     def validate(self) -> None:
         if self.precision not in PRECISIONS:
@@ -112,6 +161,18 @@ class RunConfig(Config):
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.keep_checkpoints < 0:
             raise ConfigError(f"keep_checkpoints must not be negative, got {self.keep_checkpoints}")
+        if self.divergence_limit <= 0:
+            raise ConfigError(f"divergence_limit must be positive, got {self.divergence_limit}")
+        for name in self.log_with:
+            check_tracker_name(name)
+        if self.push_to_hub is not None:
+            from huggingface_hub.errors import HFValidationError
+            from huggingface_hub.utils import validate_repo_id
+
+            try:
+                validate_repo_id(self.push_to_hub)
+            except HFValidationError as e:
+                raise ConfigError(f"push_to_hub: {e}") from None
         if self.card_notes is not None and not Path(self.card_notes).is_file():
             raise ConfigError(f"card_notes: no file at {self.card_notes}")
 
@@ -222,8 +283,8 @@ class RunLock:
             self.file.close()
             self.file = None
             raise RunLockedError(
-                f"{self.path.parent} is being written by {holder}; wait for it to finish or stop "
-                "it, or choose another --out"
+                f"{self.path.parent} is being written by {holder}; wait for that run to finish "
+                "or stop it (a killed run's lock is released), or choose another --out"
             ) from None
         self.file.seek(0)
         self.file.truncate()
@@ -282,11 +343,9 @@ class NonFiniteGuard:
         self.consecutive += 1
         message = f"non-finite {where}: {detail}; the step was skipped"
         if self.consecutive >= self.limit:
-            raise NonFiniteError(
+            raise DivergenceError(
                 f"{message}. {self.consecutive} non-finite step(s) in a row "
-                f"(max_nonfinite_steps={self.limit}): training stopped; the last checkpoint is "
-                f"{checkpoint or 'none yet'}. Lower the learning rate (--set ...lr=...), check "
-                "the data, or train in fp32 (--precision fp32)."
+                f"(max_nonfinite_steps={self.limit}): {divergence_advice(checkpoint)}"
             )
         warnings.warn(message, stacklevel=3)
 
@@ -328,11 +387,18 @@ class Run:
         self.commands = [command or command_line("apv-hub", None)]
         self.elapsed = 0.0
         self.checkpoint: Path | None = None
-        self.logger: ScalarLogger | None = None
+        self.logger: RunLogger | None = None
         self.metrics = CurveWriter(self.paths.root, stem="metrics") if self.is_main else None
         self.evals = CurveWriter(self.paths.root, stem="eval") if self.is_main else None
         self.lock = RunLock(self.paths.lock)
         self.session_start = time.perf_counter()
+        self.watched: list[nn.Module] = []
+        # {kind: [item, ...]}: what went wrong and was recovered from (summary.json).
+        self.recoveries: dict[str, list[str]] = {}
+        if self.is_main:
+            # An unknown or missing tracker is refused before the folder is created.
+            for name in config.log_with:
+                tracker_class(name)
         self._open_folder(resume)
 
     @property
@@ -340,30 +406,38 @@ class Run:
         return self.accelerator.device
 
     def _open_folder(self, resume: bool) -> None:
-        self._check_folder(resume)
+        """Lock the folder (main process), then check it holds a run exactly when resuming;
+        a folder this call created is removed again when the check fails."""
+        paths = self.paths
+        created = False
+        if self.is_main:
+            created = not paths.root.exists()
+            try:
+                paths.root.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise ApvHubError(f"cannot create the run folder {paths.root}: {e}") from None
+            self.lock.acquire()
+        try:
+            exists = paths.config.exists()
+            if resume and not exists:
+                raise ConfigError(f"--resume {paths.root}: no run there (no {paths.config.name})")
+            if not resume and exists:
+                raise RunExistsError(
+                    f"{paths.root} already holds a run; continue it with --resume "
+                    f"{paths.root} or choose another --out"
+                )
+        except ApvHubError:
+            self.lock.release()
+            if created:
+                paths.lock.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    paths.root.rmdir()
+            raise
         # Every process has looked before the main one writes.
         self.accelerator.wait_for_everyone()
         if self.is_main:
-            self.paths.root.mkdir(parents=True, exist_ok=True)
-            self.lock.acquire()
-            try:  # Again under the lock: of two new runs racing for one folder, one wins.
-                self._check_folder(resume)
-            except RunExistsError:
-                self.lock.release()
-                raise
             # A resumed run's schedule changes (--steps ...) hold for later resumes too.
-            self.config.save(self.paths.config)
-
-    def _check_folder(self, resume: bool) -> None:
-        paths = self.paths
-        exists = paths.config.exists()
-        if resume and not exists:
-            raise ConfigError(f"--resume {paths.root}: no run there (no {paths.config.name})")
-        if not resume and exists:
-            raise RunExistsError(
-                f"{paths.root} already holds a run; continue it with --resume {paths.root} "
-                "or choose another --out"
-            )
+            self.config.save(paths.config)
 
     # Resume and checkpoints --------------------------------------------------------------------
 
@@ -376,7 +450,36 @@ class Run:
         the random state (``generators`` too); a damaged checkpoint is reported and the previous
         one tried. Returns the trainer state saved with it, or None for a fresh run; opens the
         logs either way."""
+        try:
+            state = self._load_newest(load, generators)
+        except ApvHubError:
+            self.close()
+            raise
+        if self.is_main:
+            curves = state["curves"] if state else {"metrics": [], "eval": []}
+            self.metrics.reset(curves["metrics"])
+            self.evals.reset(curves["eval"])
+            self.logger = RunLogger(
+                self.paths.logs,
+                self.config.log_with,
+                run_name=self.paths.root.name,
+                purge_step=state["step"] if state else None,
+                config=self.config.flat(),
+            )
+            self.logger.text(
+                "config", f"```json\n{json.dumps(self.config.to_dict(), indent=2)}\n```"
+            )
+            self.logger.text("command", self.commands[-1], state["step"] if state else 0)
+        return state["trainer"] if state else None
+
+    def _load_newest(
+        self,
+        load: Callable[[Path, dict[str, Any]], None],
+        generators: Mapping[str, np.random.Generator] | None,
+    ) -> dict[str, Any] | None:
+        """`restore`'s search: the saved run state of the newest checkpoint that loads."""
         state = None
+        damaged = []
         for step, folder in reversed(list_checkpoints(self.paths.checkpoints)):
             try:
                 saved = json.loads((folder / STATE_FILE).read_text())
@@ -386,14 +489,13 @@ class Run:
             except ConfigError:
                 raise
             except (CheckpointError, OSError, ValueError, KeyError) as e:
-                warnings.warn(
-                    f"checkpoint {folder} cannot be loaded ({e}); trying the one before it",
-                    stacklevel=2,
-                )
+                damaged.append(f"{folder.name}: {e}")
+                self.warn(f"checkpoint {folder} cannot be loaded ({e}); trying the one before it")
                 continue
             state, self.checkpoint = saved, folder
             self.commands = saved["commands"] + self.commands
             self.elapsed = saved["elapsed"]
+            self.recoveries = {k: list(v) for k, v in saved.get("recoveries", {}).items()}
             self._print(f"resuming {self.paths.root} from step {step} ({folder.name})")
             break
         else:
@@ -401,16 +503,9 @@ class Run:
                 raise CheckpointError(
                     f"no checkpoint of {self.paths.root} can be loaded (see the warnings above)"
                 )
-        if self.is_main:
-            curves = state["curves"] if state else {"metrics": [], "eval": []}
-            self.metrics.reset(curves["metrics"])
-            self.evals.reset(curves["eval"])
-            self.logger = ScalarLogger(self.paths.logs, purge_step=state["step"] if state else None)
-            self.logger.text(
-                "config", f"```json\n{json.dumps(self.config.to_dict(), indent=2)}\n```"
-            )
-            self.logger.text("command", self.commands[-1], state["step"] if state else 0)
-        return state["trainer"] if state else None
+        for item in damaged:
+            self.recover("damaged_checkpoints", item)
+        return state
 
     def _check_world_size(self, folder: Path, saved: dict[str, Any]) -> None:
         if saved["world_size"] != self.world_size:
@@ -429,9 +524,12 @@ class Run:
     ) -> Path:
         """Write checkpoint ``step`` atomically; every process calls this.
 
-        ``write(folder)`` writes this process's files (the main process the model and
-        optimisers, every process its own per-process files); the run adds each process's RNG
-        state (torch, CUDA, ``generators``) and, last, ``state.json`` with ``trainer_state``."""
+        The watched modules are checked first (`check_divergence`): diverged weights stop the
+        run instead of being saved. ``write(folder)`` writes this process's files (the main
+        process the model and optimisers, every process its own per-process files); the run
+        adds each process's RNG state (torch, CUDA, ``generators``) and, last, ``state.json``
+        with ``trainer_state``."""
+        self.check_divergence(step)
         if self.is_main:
             begin_checkpoint(self.paths.checkpoints, step)
         self.accelerator.wait_for_everyone()
@@ -449,6 +547,7 @@ class Run:
                 "commands": self.commands,
                 "elapsed": self.elapsed + self.session_seconds(),
                 "curves": {"metrics": self.metrics.rows, "eval": self.evals.rows},
+                "recoveries": self.recoveries,
                 "trainer": trainer_state,
             }
             write_json(tmp / STATE_FILE, state)
@@ -460,6 +559,48 @@ class Run:
 
     def session_seconds(self) -> float:
         return time.perf_counter() - self.session_start
+
+    # Divergence --------------------------------------------------------------------------------
+
+    def watch(self, module: nn.Module) -> None:
+        """Check ``module``'s weights for divergence at every log row, checkpoint and the end."""
+        self.watched.append(module)
+
+    def check_divergence(self, step: int) -> None:
+        """Stop the run (`DivergenceError`) if a watched weight is non-finite or larger than
+        ``divergence_limit``: one reduction on the device and one read by the host, so it is
+        done per log row and checkpoint, not per step. Every process decides alike (the weights
+        are the same everywhere)."""
+        params = [p.detach() for m in self.watched for p in m.parameters() if p.numel()]
+        if not params:
+            return
+        with torch.no_grad():
+            peak = torch.stack([torch.linalg.vector_norm(p.float(), math.inf) for p in params])
+            largest = float(peak.max())
+        limit = self.config.divergence_limit
+        if math.isfinite(largest) and largest <= limit:
+            return
+        detail = (
+            f"a weight is {largest}"
+            if not math.isfinite(largest)
+            else f"the largest weight magnitude is {largest:.3g} (divergence_limit {limit:.3g})"
+        )
+        raise DivergenceError(
+            f"training diverged at {self.step_name} {step}: {detail}; no checkpoint was written "
+            f"from these weights; {divergence_advice(self.checkpoint)}"
+        )
+
+    @contextlib.contextmanager
+    def divergence_stop(self, where: Callable[[], str]) -> Iterator[None]:
+        """Turn a `NonFiniteError` raised inside (e.g. non-finite logits reaching the latent
+        sampler) into a `DivergenceError` naming ``where()`` (the step) and the last
+        checkpoint."""
+        try:
+            yield
+        except DivergenceError:
+            raise
+        except NonFiniteError as e:
+            raise DivergenceError(f"{where()}: {e}; {divergence_advice(self.checkpoint)}") from None
 
     # Records -----------------------------------------------------------------------------------
 
@@ -474,8 +615,11 @@ class Run:
         }
 
     def log(self, step: int, row: Mapping[str, Any], curve: str = "metrics") -> None:
-        """Main process: one row of the ``metrics`` (training log) or ``eval`` curve, also to
-        TensorBoard (each numeric value under its key)."""
+        """One row of the ``metrics`` (training log; every process calls it, and the watched
+        weights are checked for divergence first) or ``eval`` curve (main process), also to the
+        trackers (each numeric value under its key)."""
+        if curve == "metrics":
+            self.check_divergence(step)
         if not self.is_main:
             return
         row = json_ready(dict(row))
@@ -484,6 +628,28 @@ class Run:
             k: v for k, v in row.items() if isinstance(v, int | float) and not isinstance(v, bool)
         }
         self.logger.log(step, numbers, prefix="" if curve == "metrics" else curve)
+
+    def log_video(self, tag: str, frames: np.ndarray, step: int, fps: int = 10) -> None:
+        """Main process: uint8 frames [T, H, W, 3] to every tracker that shows videos."""
+        if self.is_main:
+            self.logger.video(tag, frames, step, fps=fps)
+
+    def recover(self, kind: str, item: str, echo: bool = False) -> None:
+        """Record a recovery of ``kind`` (``skipped_videos``, ``env_worker_restarts``, ...):
+        listed in ``summary.json`` and saved with the checkpoints; ``echo`` also prints it
+        (for recoveries nothing else reported)."""
+        items = self.recoveries.setdefault(kind, [])
+        if item not in items:
+            items.append(item)
+            if echo:
+                self.warn(item)
+
+    def warn(self, message: str) -> None:
+        """Main process: one line on the console, also above a progress bar."""
+        if self.is_main:
+            from tqdm.auto import tqdm
+
+            tqdm.write(f"apv-hub: warning: {message}", file=sys.stderr)
 
     def progress_bar(self, total: int, initial: int, desc: str, unit: str = "step") -> Any:
         from tqdm.auto import tqdm
@@ -534,9 +700,18 @@ class Run:
         summary: Mapping[str, Any],
         extra_files: Mapping[str, Path] | None = None,
     ) -> Path:
-        """Main process: save ``model`` to ``model/`` (save_pretrained, with its card), push it
-        with ``extra_files`` ({name in the repo: local file}) if ``push_to_hub`` is set, write
-        ``summary.json``; every process: close the logs and the lock."""
+        """Save ``model`` to ``model/`` (save_pretrained, with its card), push it with the run's
+        records (run config, training log, evaluation curve) and ``extra_files`` ({name in the
+        repo: local file}) if ``push_to_hub`` is set, write ``summary.json`` with every process's
+        recoveries (main process); every process: close the logs and the lock. (The weights were
+        checked for divergence by the last checkpoint, which trainers take at the end.)"""
+        recoveries: dict[str, list[str]] = {}
+        for kind, item in self.gather(
+            [(k, v) for k, items in self.recoveries.items() for v in items]
+        ):
+            if item not in recoveries.setdefault(kind, []):
+                recoveries[kind].append(item)
+        failed: PushError | None = None
         if self.is_main:
             model.save_pretrained(self.paths.model)
             record = {
@@ -545,14 +720,36 @@ class Run:
                 "checkpoint": str(self.checkpoint) if self.checkpoint else None,
                 "seconds_this_session": self.session_seconds(),
                 "commands": self.commands,
+                "recoveries": {k: {"count": len(v), "items": v} for k, v in recoveries.items()},
             }
+            if recoveries:
+                counts = ", ".join(f"{len(v)} {k.replace('_', ' ')}" for k, v in recoveries.items())
+                self._print(f"recovered from: {counts} (listed in {self.paths.summary})")
             if self.config.push_to_hub:
-                record["pushed_to"] = push_model(
-                    model, self.config.push_to_hub, self.config.private, extra_files or {}
-                )
+                records = {
+                    self.paths.config.name: self.paths.config,
+                    **{p.name: p for p in (self.metrics.csv_path, self.evals.csv_path)},
+                }
+                try:
+                    record["pushed_to"] = push_model(
+                        model,
+                        self.config.push_to_hub,
+                        private=self.config.private,
+                        revision=self.config.hub_revision,
+                        extra_files={**records, **(extra_files or {})},
+                    )
+                except PushError as e:
+                    record["push_error"] = str(e)
+                    failed = PushError(
+                        f"{e}; the model is saved in {self.paths.model}: push it with "
+                        "from_pretrained(...).push_to_hub(...)"
+                    )
             write_json(self.paths.summary, record)
+        # A failed push ends the run like a finished one (records written, lock released).
         self.barrier()
         self.close()
+        if failed is not None:
+            raise failed
         return self.paths.model
 
     def close(self) -> None:
@@ -562,22 +759,21 @@ class Run:
         self.lock.release()
 
 
-def push_model(model: Any, repo_id: str, private: bool, extra_files: Mapping[str, Path]) -> str:
-    """Upload a model (weights, config, a card naming ``repo_id``) and ``extra_files`` to the
-    Hub repo ``repo_id`` in one commit; returns the commit URL."""
-    from huggingface_hub import HfApi
-
-    with tempfile.TemporaryDirectory() as stage:
-        stage_dir = Path(stage)
-        model.save_pretrained(stage_dir, model_card_kwargs={"repo_id": repo_id})
-        for name, path in extra_files.items():
-            if Path(path).is_file():
-                shutil.copy2(path, stage_dir / name)
-        api = HfApi()
-        api.create_repo(repo_id, private=private or None, exist_ok=True)
-        commit = api.upload_folder(
-            folder_path=stage_dir,
-            repo_id=repo_id,
-            commit_message=f"Upload {type(model).__name__} trained with apv-hub",
-        )
-    return str(commit)
+def push_model(
+    model: Any,
+    repo_id: str,
+    *,
+    private: bool = False,
+    revision: str | None = None,
+    extra_files: Mapping[str, Path] | None = None,
+) -> str:
+    """Push a trained model with ``extra_files`` (``{name in the repo: local file}``) to the Hub
+    repo ``repo_id`` in one commit (``model.push_to_hub``; a repo it creates is ``private`` if
+    asked, ``revision`` is the branch); returns the commit URL. The one place trainers push."""
+    return model.push_to_hub(
+        repo_id,
+        private=private or None,
+        branch=revision,
+        commit_message=f"Upload {type(model).__name__} trained with apv-hub",
+        extra_files=extra_files,
+    )
