@@ -67,6 +67,11 @@ class Failure:
     reason: str
     time: float
 
+    def describe(self, env: str) -> str:
+        """One line: the environment, the slot, when, and the last line of the reason."""
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.time))
+        return f"{env} worker {self.slot} at {when}: {self.reason.splitlines()[-1]}"
+
 
 def _build(spec: str | EnvFactory, seed: int, options: dict[str, Any]) -> PixelEnv:
     if callable(spec):

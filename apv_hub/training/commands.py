@@ -181,6 +181,38 @@ def print_config(config: Config) -> None:
     print(json.dumps(config.to_dict(), indent=2))
 
 
+def run_trainer(
+    prog: str,
+    argv: Sequence[str] | None,
+    parser: argparse.ArgumentParser,
+    config_class: type[Config],
+    new_config: Callable[[str | None], Callable[[dict[str, Any]], Config]],
+    train: Callable[..., Any],
+    extra: Callable[[argparse.Namespace], dict[str, Any]] | None = None,
+) -> tuple[argparse.Namespace, Any]:
+    """What every trainer command does: parse, resolve the config (new, --config or
+    --resume), print it for --print-config, else train (with ``extra(args)`` as more keyword
+    arguments) -> (arguments, the trainer's result or None when only printing)."""
+    args = parser.parse_args(argv)
+    config, out, resume = resolve_run(args, config_class, new_config(args.preset))
+    if args.print_config:
+        print_config(config)
+        return args, None
+    result = train(
+        config,
+        out,
+        resume=resume,
+        command=command_line(prog, argv),
+        progress=not args.no_progress,
+        **(extra(args) if extra else {}),
+    )
+    return args, result
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 # apv-pretrain ----------------------------------------------------------------------------------
 
 
@@ -233,35 +265,17 @@ def pretrain_main(argv: Sequence[str] | None = None) -> int:
     """``apv-pretrain`` / ``python pretrain.py``: see ``--help``."""
     from apv_hub.training.pretrain import pretrain
 
-    args = pretrain_parser().parse_args(argv)
-    config, out, resume = resolve_run(args, PretrainConfig, new_pretrain_config(args.preset))
-    if args.print_config:
-        print_config(config)
-        return 0
-    result = pretrain(
-        config,
-        out,
-        resume=resume,
-        command=command_line("apv-pretrain", argv),
-        progress=not args.no_progress,
-        debug_dump=args.debug_dump,
+    _, result = run_trainer(
+        "apv-pretrain",
+        argv,
+        pretrain_parser(),
+        PretrainConfig,
+        new_pretrain_config,
+        pretrain,
+        extra=lambda args: {"debug_dump": args.debug_dump},
     )
-    if int(os.environ.get("RANK", "0")) == 0:
-        rate = result.steps / result.seconds if result.seconds else float("nan")
-        losses = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items())
-        lines = [
-            f"pre-training finished: {result.steps} steps, this session {result.seconds:.0f} s "
-            f"({rate:.2f} steps/s)",
-            f"  final (measured): {losses}",
-            f"  checkpoint:  {result.checkpoint}",
-            f"  model+card:  {result.model_dir} (README.md is the model card)",
-        ]
-        if result.video is not None:
-            lines.append(
-                f"  prediction:  {result.video} (+ {result.video.with_suffix('.gif').name})"
-            )
-        lines.append(f"  TensorBoard: tensorboard --logdir {result.out / 'logs'}")
-        print("\n".join(lines))
+    if result is not None and is_main_process():
+        print(result.summary("pre-training finished"))
     return 0
 
 
@@ -304,20 +318,11 @@ def finetune_main(argv: Sequence[str] | None = None) -> int:
     """``apv-finetune`` / ``python finetune.py``: see ``--help``."""
     from apv_hub.training.finetune import finetune
 
-    args = finetune_parser().parse_args(argv)
-    config, out, resume = resolve_run(args, FinetuneConfig, new_finetune_config(args.preset))
-    if args.print_config:
-        print_config(config)
-        return 0
-    result = finetune(
-        config,
-        out,
-        resume=resume,
-        command=command_line("apv-finetune", argv),
-        progress=not args.no_progress,
+    _, folder = run_trainer(
+        "apv-finetune", argv, finetune_parser(), FinetuneConfig, new_finetune_config, finetune
     )
-    if result is not None:
-        print(f"fine-tuning finished: the agent and its card are in {result}")
+    if folder is not None:
+        print(f"fine-tuning finished: the agent and its card are in {folder}")
     return 0
 
 
@@ -357,32 +362,9 @@ def viper_train_main(argv: Sequence[str] | None = None) -> int:
     """``apv-viper-train`` / ``python viper_train.py``: see ``--help``."""
     from apv_hub.training.viper import train_viper
 
-    args = viper_parser().parse_args(argv)
-    config, out, resume = resolve_run(args, VIPERTrainConfig, new_viper_config(args.preset))
-    if args.print_config:
-        print_config(config)
-        return 0
-    result = train_viper(
-        config,
-        out,
-        resume=resume,
-        command=command_line("apv-viper-train", argv),
-        progress=not args.no_progress,
+    _, result = run_trainer(
+        "apv-viper-train", argv, viper_parser(), VIPERTrainConfig, new_viper_config, train_viper
     )
-    if int(os.environ.get("RANK", "0")) == 0:
-        rate = result.steps / result.seconds if result.seconds else float("nan")
-        measured = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items())
-        lines = [
-            f"VIPER training finished: {result.steps} steps, this session {result.seconds:.0f} s "
-            f"({rate:.2f} steps/s)",
-            f"  final (measured): {measured}",
-            f"  checkpoint:  {result.checkpoint}",
-            f"  model+card:  {result.model_dir} (README.md is the model card)",
-        ]
-        if result.video is not None:
-            lines.append(
-                f"  video:       {result.video} (+ {result.video.with_suffix('.gif').name})"
-            )
-        lines.append(f"  TensorBoard: tensorboard --logdir {result.out / 'logs'}")
-        print("\n".join(lines))
+    if result is not None and is_main_process():
+        print(result.summary("VIPER training finished"))
     return 0

@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,6 +55,7 @@ from apv_hub.replay import ReplayBuffer
 from apv_hub.seeding import derive_seed
 from apv_hub.training.checkpoint import link_files, list_checkpoints
 from apv_hub.training.configs import FinetuneConfig
+from apv_hub.training.factories import Agent, build_agent, make_env_pool, make_replay_buffer
 from apv_hub.training.run import (
     MetricWindow,
     NonFiniteGuard,
@@ -65,40 +66,6 @@ from apv_hub.training.run import (
 )
 from apv_hub.viper.relabel import relabelling_replay
 from apv_hub.weights import CheckpointError, load_into, load_tensors, tensor_digest
-
-
-class Agent(Protocol):
-    """What the loop needs of an agent (`apv_hub.agent.APVAgent` is one): an ``nn.Module``
-    with these members."""
-
-    action_dim: int
-    num_updates: int
-    training_info: dict[str, Any]
-
-    def make_optimizers(self) -> dict[str, torch.optim.Optimizer]: ...
-    def act(self, obs: dict, state: Any, explore: bool) -> tuple[torch.Tensor, Any]: ...
-    def update(self, batch: dict, optimizers: dict, accelerator: Any) -> dict[str, float]: ...
-    def save_pretrained(self, folder: Path, **kwargs: Any) -> Any: ...
-
-
-def build_agent(config: FinetuneConfig, action_dim: int) -> Agent:
-    """The run's APVAgent, seeded so that every process builds the same initial weights."""
-    from apv_hub.agent import APVAgent
-
-    torch.manual_seed(config.seed)
-    return APVAgent.build(
-        config.agent, action_dim, config.pretrained, revision=config.pretrained_revision
-    )
-
-
-def make_env_pool(config: FinetuneConfig, seed: int, num_envs: int) -> EnvPool:
-    return EnvPool(
-        config.env, num_envs, seed=seed, step_timeout=config.step_timeout, **config.env_options
-    )
-
-
-def make_replay_buffer(capacity: int, seed: int) -> ReplayBuffer:
-    return ReplayBuffer(capacity, seed=seed)
 
 
 @dataclass
@@ -448,11 +415,7 @@ class Finetuner:
         """Replaced environment workers (the pool logged each) into the run's recoveries."""
         for pool in (self.pool, self.eval_pool):
             for failure in pool.failures if pool is not None else []:
-                when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(failure.time))
-                reason = failure.reason.splitlines()[-1]
-                self.run.recover(
-                    "env_worker_restarts", f"{pool.env} worker {failure.slot} at {when}: {reason}"
-                )
+                self.run.recover("env_worker_restarts", failure.describe(pool.env))
 
     def _finish(self) -> Path | None:
         run = self.run

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ from apv_hub.training.run import (
     MetricWindow,
     NonFiniteGuard,
     Run,
+    RunResult,
     local_batch,
     make_accelerator,
     peak_memory_mb,
@@ -48,19 +48,6 @@ from apv_hub.weights import load_into, load_tensors, tensor_digest
 # The loss terms APVVideoModel.loss reports; the card states their final values.
 LOSS_TERMS = ("loss", "image_nll", "image_mse", "kl", "kl_loss")
 VIDEO_FPS = 10
-
-
-@dataclass
-class PretrainResult:
-    """What a finished run produced."""
-
-    out: Path
-    steps: int
-    checkpoint: Path
-    model_dir: Path
-    video: Path | None
-    metrics: dict[str, float]
-    seconds: float
 
 
 def make_clips(config: PretrainConfig, rank: int, world_size: int, num_clips: int, seed: int):
@@ -172,7 +159,7 @@ class Pretrainer:
 
     # Training ---------------------------------------------------------------------------------
 
-    def train(self) -> PretrainResult:
+    def train(self) -> RunResult:
         """Train to ``config.steps``, then save, evaluate and (if asked) push the model."""
         cfg, run = self.config, self.run
         bar = run.progress_bar(cfg.steps, self.step, "pre-training")
@@ -286,7 +273,7 @@ class Pretrainer:
 
     # Outputs ----------------------------------------------------------------------------------
 
-    def _finish(self) -> PretrainResult:
+    def _finish(self) -> RunResult:
         self._evaluate()
         run = self.run
         if self.debug_dump is not None:
@@ -294,7 +281,7 @@ class Pretrainer:
         self.model.training_info = self.training_info()
         summary = {"steps": self.step, "final": self.final_metrics(), "video": self.last_video}
         model_dir = run.finish(self.model, summary)
-        return PretrainResult(
+        return RunResult(
             run.paths.root,
             self.step,
             run.checkpoint,
@@ -353,7 +340,7 @@ class Pretrainer:
         (self.debug_dump / f"rank-{run.rank}.json").write_text(json.dumps(dump))
 
 
-def pretrain(config: PretrainConfig, out: str | Path, **kwargs: Any) -> PretrainResult:
+def pretrain(config: PretrainConfig, out: str | Path, **kwargs: Any) -> RunResult:
     """Run (or with ``resume=True``, continue) pre-training into the run folder ``out`` (see
     `Pretrainer` for the keyword arguments)."""
     return Pretrainer(config, out, **kwargs).train()

@@ -177,6 +177,34 @@ class RunConfig(Config):
             raise ConfigError(f"card_notes: no file at {self.card_notes}")
 
 
+@dataclass
+class RunResult:
+    """What a finished training run produced (what the trainers return)."""
+
+    out: Path
+    steps: int
+    checkpoint: Path | None
+    model_dir: Path
+    video: Path | None
+    metrics: dict[str, float]
+    seconds: float
+
+    def summary(self, title: str) -> str:
+        """The lines a command prints at the end of a run."""
+        rate = self.steps / self.seconds if self.seconds else float("nan")
+        measured = ", ".join(f"{k} {v:.4g}" for k, v in self.metrics.items())
+        lines = [
+            f"{title}: {self.steps} steps, this session {self.seconds:.0f} s ({rate:.2f} steps/s)",
+            f"  final (measured): {measured}",
+            f"  checkpoint:  {self.checkpoint}",
+            f"  model+card:  {self.model_dir} (README.md is the model card)",
+        ]
+        if self.video is not None:
+            lines.append(f"  video:       {self.video} (+ {self.video.with_suffix('.gif').name})")
+        lines.append(f"  TensorBoard: tensorboard --logdir {self.out / 'logs'}")
+        return "\n".join(lines)
+
+
 @dataclass(frozen=True)
 class RunPaths:
     """Where a run writes (see the module doc)."""

@@ -40,7 +40,6 @@ import copy
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +55,7 @@ from apv_hub.training.run import (
     MetricWindow,
     NonFiniteGuard,
     Run,
+    RunResult,
     local_batch,
     make_accelerator,
     peak_memory_mb,
@@ -71,19 +71,6 @@ CARD_TERMS = {
     "tokenizer": ("loss", "l1", "psnr", "perplexity", "usage", "dead_codes"),
     "prior": ("loss", "bits_per_token", "accuracy"),
 }
-
-
-@dataclass
-class VIPERTrainResult:
-    """What a finished run produced."""
-
-    out: Path
-    steps: int
-    checkpoint: Path | None
-    model_dir: Path
-    video: Path | None
-    metrics: dict[str, float]
-    seconds: float
 
 
 def task_classes(config: VIPERTrainConfig, corpora: list[Any]) -> tuple[list[str], list[Tensor]]:
@@ -289,7 +276,7 @@ class VIPERTrainer:
 
     # Training ---------------------------------------------------------------------------------
 
-    def train(self) -> VIPERTrainResult:
+    def train(self) -> RunResult:
         """Train both phases to their steps, then save, evaluate and (if asked) push the model."""
         cfg, run = self.config, self.run
         bar = run.progress_bar(cfg.total_steps, self.step, "VIPER")
@@ -524,7 +511,7 @@ class VIPERTrainer:
 
     # Outputs ----------------------------------------------------------------------------------
 
-    def _finish(self) -> VIPERTrainResult:
+    def _finish(self) -> RunResult:
         run = self.run
         final_phase = self.phase_of(self.step)
         self._evaluate(final_phase)
@@ -536,7 +523,7 @@ class VIPERTrainer:
             "classes": list(self.config.model.class_names),
         }
         model_dir = run.finish(model, summary)
-        return VIPERTrainResult(
+        return RunResult(
             run.paths.root,
             self.step,
             run.checkpoint,
@@ -632,7 +619,7 @@ class VIPERTrainer:
         }
 
 
-def train_viper(config: VIPERTrainConfig, out: str | Path, **kwargs: Any) -> VIPERTrainResult:
+def train_viper(config: VIPERTrainConfig, out: str | Path, **kwargs: Any) -> RunResult:
     """Run (or with ``resume=True``, continue) VIPER reward-model training into the run folder
     ``out`` (see `VIPERTrainer` for the keyword arguments)."""
     return VIPERTrainer(config, out, **kwargs).train()
