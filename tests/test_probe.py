@@ -205,5 +205,19 @@ def test_pretrained_against_random_init_from_the_command_line(tmp_path, capsys):
     assert "R^2 pre-trained" in err and "wrote" in err
     report = json.loads((tmp_path / "out" / "probe.json").read_text())
     assert report["model"] == str(tmp_path / "model") and report["embedding"] is None
+    # Errors: one line each, 2 for a probe that cannot run as asked, 1 for a missing model.
     assert main([*args[:3], "--episodes", "2", "--out", str(tmp_path / "o")]) == 2
-    assert "fewer than 2 to fit on" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("apv-probe: error: 2 episodes with 1 held out leave fewer than 2")
+    assert err.count("\n") == 1
+    assert main([args[0], "--env", "metaworld/no-such-task-v3", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("apv-probe: error: cannot probe metaworld/no-such-task-v3: unknown")
+    assert err.count("\n") == 1
+    assert main([args[0], "--env", "walker", "--out", str(tmp_path / "o")]) == 2
+    assert "must look like '<family>/<task>'" in capsys.readouterr().err
+    missing = tmp_path / "no-model"
+    assert main([str(missing), "--env", ENVS[0], "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("apv-probe: error: ") and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
