@@ -131,6 +131,8 @@ def test_collect_episodes_runs_the_scripted_expert(expert_episodes):
         assert episode.frames.shape == (16, 3, 32, 32) and episode.frames.dtype == np.uint8
         assert episode.states.shape == (16, 39) and episode.rewards.shape == (16,)
         assert episode.rewards[0] == 0.0 and np.all(episode.rewards[1:] > 0)
+        assert episode.actions.shape == (16, 4) and not episode.actions[0].any()
+        assert np.abs(episode.actions).max() <= 1.0 and episode.actions[1:].any()
     # The expert moves the hand: its position changes along the episode.
     assert np.abs(np.diff(episodes[0].states[:, :3], axis=0)).sum() > 0.01
     # Episodes depend on the seed only: the same seed renders the same first episode.

@@ -283,3 +283,42 @@ def test_unequal_seed_counts_use_the_seeds_every_task_has(tmp_path):
     assert report["aggregates"]["apv"]["mean"]["point"] == pytest.approx(0.5)
     assert report["per_task"]["apv"][MW[0]]["final"] == [0.2, 0.4, 0.9]
     assert any(f"{MW[0]} seed 2" in note and "per-task rows" in note for note in report["notes"])
+
+
+def test_report_over_real_finetuning_runs(tmp_path, capsys):
+    """Four real short runs of `apv_hub.training.finetune` (2 variants x 2 seeds, tiny agents on
+    the SlideToCenter pixel task), then apv-report over their folders."""
+    from apv_hub.training.finetune import finetune
+    from tests.finetune_helpers import SLIDE_ENV, slide_config
+
+    schedule = {
+        "total_env_steps": 120,
+        "prefill": 40,
+        "pretrain_updates": 1,
+        "train_every": 20,
+        "eval_every": 40,
+        "eval_episodes": 2,
+        "checkpoint_every": 120,
+        "log_every": 40,
+        "agent.batch_size": 2,
+        "agent.seq_len": 8,
+    }
+    for variant in ("dreamerv2", "apv_scratch"):
+        for seed in (0, 1):
+            config = slide_config(variant, seed=seed, **schedule)
+            finetune(config, tmp_path / "runs" / f"{variant}-{seed}", progress=False)
+    code = main([str(tmp_path / "runs"), "--out", str(tmp_path / "report"), "--reps", "100"])
+    assert code == 0 and "wrote" in capsys.readouterr().err
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["metric"] == "return_mean" and report["tasks"] == [SLIDE_ENV]
+    assert report["labels"] == ["apv_scratch", "dreamerv2"] and len(report["runs"]) == 4
+    for label in report["labels"]:
+        entry = report["per_task"][label][SLIDE_ENV]
+        assert entry["seeds"] == [0, 1]
+        for seed, final in zip(entry["seeds"], entry["final"], strict=True):
+            rows = json.loads((tmp_path / "runs" / f"{label}-{seed}" / "eval.json").read_text())
+            assert [r["env_steps"] for r in rows] == report["env_steps"] == [40, 80, 120]
+            assert final == rows[-1]["return_mean"]
+    assert report["probability_of_improvement"]["baseline"] == "dreamerv2"
+    written = {p.name for p in (tmp_path / "report").iterdir()}
+    assert written == {"report.json", "report.md", *PLOTS.values()}

@@ -76,13 +76,16 @@ class ProbeError(ApvHubError, ValueError):
 @dataclass
 class ProbeEpisode:
     """One collected episode: frames uint8 [T, 3, S, S], the state vector of every frame
-    float64 [T, D] and the reward that led to it float32 [T] (0 on the reset frame)."""
+    float64 [T, D], the reward that led to it float32 [T] (0 on the reset frame) and, when
+    collected here, the action that led to it float32 [T, A] (zeros on the reset frame), so
+    that the episode can also serve as replay."""
 
     env: str
     seed: int
     frames: np.ndarray
     states: np.ndarray
     rewards: np.ndarray
+    actions: np.ndarray | None = None
 
 
 def probe_episode_seeds(seed: int, env: str, episodes: int) -> list[int]:
@@ -148,6 +151,7 @@ def collect_episodes(
             rng = np.random.default_rng(episode_seed)
             obs, info = pixel_env.reset(seed=episode_seed)
             frames, states, rewards = [obs["image"]], [info["state"]], [0.0]
+            actions = [np.zeros(pixel_env.action_dim)]
             while not obs["is_last"]:
                 if expert is None:
                     action = rng.uniform(-1.0, 1.0, pixel_env.action_dim)
@@ -157,7 +161,9 @@ def collect_episodes(
                         warnings.filterwarnings("ignore", "Constant", UserWarning)
                         action = expert.get_action(info["state"])
                     action = action + rng.normal(0.0, action_noise, pixel_env.action_dim)
-                obs, info = pixel_env.step(np.clip(action, -1.0, 1.0))
+                action = np.clip(action, -1.0, 1.0)
+                obs, info = pixel_env.step(action)
+                actions.append(action)
                 frames.append(obs["image"])
                 states.append(info["state"])
                 rewards.append(float(obs["reward"]))
@@ -168,6 +174,7 @@ def collect_episodes(
                     np.stack(frames),
                     np.asarray(states, np.float64),
                     np.asarray(rewards, np.float32),
+                    np.asarray(actions, np.float32),
                 )
             )
     return out, layout
