@@ -100,8 +100,8 @@ class Scale:
 SCALES = {
     "quick": Scale("tiny", ("window-open-v3",), 1, 40, 5, 6, 12, 2, 2, 2, 4, 2, 2, 8, 2),
     "cpu": Scale(
-        "small", ("window-open-v3", "drawer-close-v3"), 3, 150, 400, 10, 100, 2, 5, 3, 150, 25,
-        8, 20, 50,
+        "small", ("window-open-v3", "drawer-close-v3"), 3, 150, 200, 8, 60, 2, 3, 3, 90, 30,
+        6, 16, 30,
     ),
     # For a GPU (issue 12 part 6): the paper's model, a larger corpus, longer runs.
     "paper": Scale(
@@ -150,8 +150,9 @@ def pretrain_model(scale: Scale, corpus: Path, out: Path, device: str) -> Path:
         checkpoint_every=scale.pretrain_steps,
         num_workers=1,
     )
+    resume = (run / "run_config.json").is_file()  # an interrupted pre-training continues
     log(f"pre-training {scale.preset} for {scale.pretrain_steps} steps into {run}")
-    pretrain(config, run, progress=sys.stderr.isatty())
+    pretrain(config, run, resume=resume, progress=sys.stderr.isatty())
     del device  # the run layer places the model (accelerate picks the GPU where there is one)
     return model_dir
 
@@ -251,11 +252,11 @@ def probe(
         pre = np.array([r["r2"] for r in mine if r["features"] == PRETRAINED])
         rand = np.array([r["r2"] for r in mine if r["features"] == RANDOM_INIT])
         summary[target] = {
-            "pretrained": interval_dict(mean_interval(pre)),
-            "random_init": interval_dict(mean_interval(rand)),
-            "p_pretrained_better": interval_dict(
-                probability_of_improvement(pre[:, None], rand[:, None])
-            ),
+            "pretrained": mean_interval(pre).as_dict(),
+            "random_init": mean_interval(rand).as_dict(),
+            "p_pretrained_better": probability_of_improvement(
+                pre[:, None], rand[:, None]
+            ).as_dict(),
             "runs": {"pretrained": len(pre), "random_init": len(rand)},
         }
     return {"folds": folds, "rows": rows, "summary": summary}
@@ -356,11 +357,11 @@ def world_models(
     summary = {}
     for loss in ("reward_loss", "image_loss"):
         finals = {arm: np.array([c[loss][-1] for c in curves[arm]]) for arm in ARMS}
-        summary[loss] = {arm: interval_dict(mean_interval(v)) for arm, v in finals.items()}
+        summary[loss] = {arm: mean_interval(v).as_dict() for arm, v in finals.items()}
         # Lower is better: P(APV's loss < DreamerV2's) = P(-APV > -DreamerV2).
-        summary[loss]["p_apv_lower"] = interval_dict(
-            probability_of_improvement(-finals["apv"][:, None], -finals["dreamerv2"][:, None])
-        )
+        summary[loss]["p_apv_lower"] = probability_of_improvement(
+            -finals["apv"][:, None], -finals["dreamerv2"][:, None]
+        ).as_dict()
         summary[loss]["per_seed"] = {arm: v.tolist() for arm, v in finals.items()}
     return {
         "held_out_windows": int(len(windows["reward"])),
@@ -370,13 +371,6 @@ def world_models(
 
 
 # Output ---------------------------------------------------------------------------------------
-
-
-def interval_dict(interval) -> dict[str, Any]:
-    return {
-        "point": float(interval.point[0]),
-        "ci": [float(interval.low[0]), float(interval.high[0])],
-    }
 
 
 def fmt(entry: dict[str, Any]) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from rliable import library, metrics
@@ -38,6 +39,12 @@ class Interval:
     point: np.ndarray
     low: np.ndarray
     high: np.ndarray
+
+    def as_dict(self) -> dict[str, Any]:
+        """A one-number interval as JSON: ``{"point": p, "ci": [low, high]}``."""
+        if self.point.shape != (1,):
+            raise ValueError(f"as_dict takes a one-number interval, got {self.point.shape}")
+        return {"point": float(self.point[0]), "ci": [float(self.low[0]), float(self.high[0])]}
 
 
 @contextlib.contextmanager

@@ -46,7 +46,6 @@ from apv_hub.errors import ApvHubError
 from apv_hub.evaluation import plots
 from apv_hub.evaluation.aggregate import (
     AGGREGATES,
-    Interval,
     aggregate_metrics,
     iqm_curve,
     mean_interval,
@@ -346,13 +345,6 @@ def label_scores(
 # The report -----------------------------------------------------------------------------------
 
 
-def _interval_dict(interval: Interval, index: int = 0) -> dict[str, Any]:
-    return {
-        "point": float(interval.point[index]),
-        "ci": [float(interval.low[index]), float(interval.high[index])],
-    }
-
-
 def build_report(
     run_dirs: Sequence[str | Path],
     out: str | Path,
@@ -452,7 +444,7 @@ def build_report(
     names = [n for n in AGGREGATES if n != "optimality_gap" or normalized]
     report["aggregates"] = {
         label: {
-            name: _interval_dict(interval)
+            name: interval.as_dict()
             for name, interval in aggregate_metrics(
                 scores[label][..., -1], names, **bootstrap
             ).items()
@@ -472,7 +464,7 @@ def build_report(
             env: {
                 "seeds": [runs[i].seed for i in by_group[(label, env)]],
                 "final": matrix[by_group[(label, env)], -1].tolist(),
-                **_interval_dict(mean_interval(matrix[by_group[(label, env)], -1], **bootstrap)),
+                **mean_interval(matrix[by_group[(label, env)], -1], **bootstrap).as_dict(),
             }
             for env in envs
             if by_group[(label, env)]
@@ -529,7 +521,7 @@ def improvement_section(
     if baseline is None:
         return None
     results = {
-        label: _interval_dict(probability_of_improvement(x, finals[baseline], **bootstrap))
+        label: probability_of_improvement(x, finals[baseline], **bootstrap).as_dict()
         for label, x in finals.items()
         if label != baseline
     }
