@@ -1,16 +1,16 @@
-"""The run-aggregation statistics against values derived by hand and, where it imports, rliable."""
+"""The run-aggregation statistics (rliable, through apv_hub.evaluation.aggregate) against values
+derived by hand, and the wrapper against rliable called directly."""
 
 import numpy as np
 import pytest
+from rliable import library, metrics
 
 from apv_hub.evaluation.aggregate import (
-    average_improvement_probability,
-    improvement_probability,
-    iqm,
-    mean_of_task_means,
-    median_of_task_means,
-    optimality_gap,
-    score_profile,
+    aggregate_metrics,
+    iqm_curve,
+    mean_interval,
+    performance_profile,
+    probability_of_improvement,
     stratified_bootstrap,
 )
 from apv_hub.evaluation.episodes import (
@@ -21,61 +21,68 @@ from apv_hub.evaluation.episodes import (
     summarize,
 )
 
+FEW = dict(reps=50)  # point estimates do not depend on the resamples
 
-def tasks_of(*runs_per_task):
-    """Per-task final scores as the statistics take them: [1 resample, runs, 1 point]."""
-    return [np.asarray(t, np.float64)[None, :, None] for t in runs_per_task]
+
+def points(scores, names=("iqm", "mean", "median", "optimality_gap")) -> dict[str, float]:
+    """Point estimates of the aggregate metrics of final scores [runs, tasks]."""
+    found = aggregate_metrics(np.asarray(scores, np.float64), names, **FEW)
+    return {name: float(interval.point[0]) for name, interval in found.items()}
 
 
 def test_iqm_is_the_pooled_25_percent_trimmed_mean():
-    # 8 pooled scores: 2 dropped at each end -> mean(3, 4, 5, 6).
-    assert iqm(tasks_of([1, 2, 3, 4], [5, 6, 7, 8]))[0, 0] == pytest.approx(4.5)
+    # 8 pooled scores (4 runs x 2 tasks): 2 dropped at each end -> mean(3, 4, 5, 6).
+    assert points([[1, 5], [2, 6], [3, 7], [4, 8]])["iqm"] == pytest.approx(4.5)
     # 6 scores: int(1.5) = 1 dropped at each end -> mean(1, 2, 3, 4); the outlier is gone.
-    assert iqm(tasks_of([0, 100, 2], [3, 1, 4]))[0, 0] == pytest.approx(2.5)
+    assert points([[0, 3], [100, 1], [2, 4]])["iqm"] == pytest.approx(2.5)
 
 
 def test_means_medians_and_gap_follow_their_definitions():
-    # Ragged tasks: task means 2 and 10 (not the pooled mean 14/3).
-    assert mean_of_task_means(tasks_of([1, 3], [10]))[0, 0] == pytest.approx(6.0)
-    assert median_of_task_means(tasks_of([1, 3], [10], [4, 6]))[0, 0] == pytest.approx(5.0)
+    # Task means 2, 10 and 5: their mean and median.
+    found = points([[1, 10, 4], [3, 10, 6]])
+    assert found["mean"] == pytest.approx(17 / 3) and found["median"] == pytest.approx(5.0)
     # Scores above the target count as the target: 1 - mean(0.5, 1).
-    assert optimality_gap(tasks_of([0.5, 1.2]))[0, 0] == pytest.approx(0.25)
+    assert points([[0.5], [1.2]])["optimality_gap"] == pytest.approx(0.25)
 
 
 def test_probability_of_improvement_counts_pairs_and_half_ties():
-    one = lambda values: np.asarray(values, np.float64)[None, :, None]
-    assert improvement_probability(one([3, 4]), one([1, 2]))[0, 0] == 1.0
-    assert improvement_probability(one([1, 2]), one([3, 4]))[0, 0] == 0.0
-    # Pairs (1,1) tie, (1,2) loss, (2,1) win, (2,2) tie -> (0.5 + 0 + 1 + 0.5) / 4.
-    assert improvement_probability(one([1, 2]), one([1, 2]))[0, 0] == 0.5
-    assert improvement_probability(one([3]), one([1, 2, 4]))[0, 0] == pytest.approx(2 / 3)
+    column = lambda values: np.asarray(values, np.float64)[:, None]  # one task: [runs, 1]
+    poi = lambda x, y: float(probability_of_improvement(x, y, **FEW).point[0])
+    assert poi(column([3, 4]), column([1, 2])) == 1.0
+    assert poi(column([1, 2]), column([3, 4])) == 0.0
+    # Pairs (1,1) tie, (1,3) loss, (2,1) win, (2,3) loss -> (0.5 + 0 + 1 + 0) / 4.
+    assert poi(column([1, 2]), column([1, 3])) == pytest.approx(0.375)
+    assert poi(column([3]), column([1, 2, 4])) == pytest.approx(2 / 3)
     # Averaged over tasks: 1 on the first, 0 on the second.
-    x, y = tasks_of([5, 6], [0]), tasks_of([1, 2], [1])
-    assert average_improvement_probability(x, y)[0, 0] == 0.5
+    assert poi(np.array([[5.0, 0.0], [6.0, 0.0]]), np.array([[1.0, 1.0], [2.0, 1.0]])) == 0.5
 
 
 def test_performance_profile_is_the_fraction_strictly_above():
-    profile = score_profile(np.array([0.0, 0.5, 1.0]))
-    np.testing.assert_allclose(profile(tasks_of([0.1, 0.5], [0.9]))[0], [1.0, 1 / 3, 0.0])
+    profile = performance_profile(np.array([[0.1, 0.9], [0.5, 0.2]]), np.array([0, 0.5, 1]), **FEW)
+    np.testing.assert_allclose(profile.point, [1.0, 0.25, 0.0])
+    assert np.all(profile.low <= profile.point) and np.all(profile.point <= profile.high)
+
+
+def test_iqm_curve_is_the_iqm_at_every_point():
+    # [4 runs, 1 task, 2 points]: point 0 holds 0..3 (IQM of the middle two: 1.5), point 1 holds
+    # 10 x those.
+    scores = np.stack([np.arange(4.0), 10 * np.arange(4.0)], axis=-1)[:, None, :]
+    np.testing.assert_allclose(iqm_curve(scores, **FEW).point, [1.5, 15.0])
 
 
 def test_bootstrap_percentiles_of_a_case_solved_by_hand():
     # The mean of two draws from {0, 1} is 0 (p 1/4), 0.5 (p 1/2) or 1 (p 1/4): its 2.5% and
     # 97.5% quantiles are 0 and 1; its 30% and 70% quantiles are both 0.5.
-    mean = lambda tasks: tasks[0].mean(axis=1)
-    wide = stratified_bootstrap([[np.array([[0.0], [1.0]])]], mean, reps=4000, seed=1)
-    assert (wide.point[0], wide.low[0], wide.high[0]) == (0.5, 0.0, 1.0)
-    narrow = stratified_bootstrap(
-        [[np.array([[0.0], [1.0]])]], mean, reps=4000, confidence=0.4, seed=1
-    )
+    wide = mean_interval([0.0, 1.0], reps=4000, seed=1)
+    assert wide.as_dict() == {"point": 0.5, "ci": [0.0, 1.0]}
+    narrow = mean_interval([0.0, 1.0], reps=4000, confidence=0.4, seed=1)
     assert (narrow.low[0], narrow.high[0]) == (0.5, 0.5)
 
 
 def test_bootstrap_resamples_runs_within_each_task():
     # Every stratified resample holds four runs of each task, so the pooled IQM is always 0.5;
     # resampling the pooled runs instead would give a wide interval.
-    tasks = [np.zeros((4, 1)), np.ones((4, 1))]
-    interval = stratified_bootstrap([tasks], iqm, reps=500)
+    interval = aggregate_metrics(np.tile([0.0, 1.0], (4, 1)), ["iqm"], reps=300)["iqm"]
     assert interval.low[0] == interval.high[0] == interval.point[0] == 0.5
 
 
@@ -83,31 +90,57 @@ def test_bootstrap_intervals_contain_the_point_and_shrink_with_more_seeds():
     rng = np.random.default_rng(0)
     widths = []
     for runs in (4, 16, 64):
-        tasks = [rng.normal(task, 1.0, size=(runs, 3)) for task in range(3)]
-        interval = stratified_bootstrap([tasks], iqm, reps=1000, seed=0)
-        assert np.all(interval.low <= interval.point) and np.all(interval.point <= interval.high)
-        widths.append(float(np.mean(interval.high - interval.low)))
+        scores = rng.normal(np.arange(3.0), 1.0, size=(runs, 3))
+        intervals = aggregate_metrics(scores, reps=300)
+        for interval in intervals.values():
+            assert interval.low[0] <= interval.point[0] <= interval.high[0]
+        widths.append(float(intervals["iqm"].high[0] - intervals["iqm"].low[0]))
     assert widths[0] > widths[1] > widths[2]
 
 
-def test_bootstrap_is_reproducible_and_degenerates_with_one_seed():
-    tasks = [np.array([[0.1], [0.7], [0.4]]), np.array([[0.9], [0.2]])]
-    a = stratified_bootstrap([tasks], iqm, reps=300, seed=3)
-    b = stratified_bootstrap([tasks], iqm, reps=300, seed=3)
-    assert (a.low, a.high) == (b.low, b.high)
-    single = stratified_bootstrap([[np.array([[0.3]]), np.array([[0.8]])]], iqm, reps=300)
+def test_bootstrap_is_reproducible_and_leaves_the_global_generator_alone():
+    scores = np.array([[0.1, 0.9], [0.7, 0.2], [0.4, 0.5]])
+    np.random.seed(123)
+    expected_next = np.random.random()
+    np.random.seed(123)
+    a = aggregate_metrics(scores, ["iqm"], reps=300, seed=3)["iqm"]
+    assert np.random.random() == expected_next  # rliable draws from it; we restored it
+    b = aggregate_metrics(scores, ["iqm"], reps=300, seed=3)["iqm"]
+    c = aggregate_metrics(scores, ["iqm"], reps=300, seed=4)["iqm"]
+    assert (a.low, a.high) == (b.low, b.high) and (a.low, a.high) != (c.low, c.high)
+    single = aggregate_metrics(np.array([[0.3, 0.8]]), ["iqm"], reps=300)["iqm"]
     assert single.low[0] == single.point[0] == single.high[0]
 
 
-def test_bootstrap_chunks_give_the_same_kind_of_answer(monkeypatch):
-    import apv_hub.evaluation.aggregate as aggregate
-
-    tasks = [np.arange(10.0)[:, None]]
-    whole = stratified_bootstrap([tasks], iqm, reps=2000, seed=0)
-    monkeypatch.setattr(aggregate, "CHUNK_ELEMENTS", 25)  # 2 resamples of 10 runs per chunk
-    chunked = stratified_bootstrap([tasks], iqm, reps=2000, seed=0)
-    assert chunked.point == whole.point
-    assert abs(chunked.low[0] - whole.low[0]) <= 0.5 and abs(chunked.high[0] - whole.high[0]) <= 0.5
+def test_the_wrapper_is_rliable_called_directly():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(6, 4))  # runs x tasks
+    y = np.clip(x + rng.normal(0.1, 0.2, size=(6, 4)), 0, 1)
+    theirs = lambda s: np.array([metrics.aggregate_iqm(s), metrics.aggregate_mean(s)])
+    np.random.seed(7)
+    point, ci = library.get_interval_estimates(
+        {"x": x}, theirs, reps=300, confidence_interval_size=0.9
+    )
+    mine = aggregate_metrics(x, ["iqm", "mean"], reps=300, confidence=0.9, seed=7)
+    np.testing.assert_array_equal([mine["iqm"].point[0], mine["mean"].point[0]], point["x"])
+    np.testing.assert_array_equal([mine["iqm"].low[0], mine["mean"].low[0]], ci["x"][0])
+    np.testing.assert_array_equal([mine["iqm"].high[0], mine["mean"].high[0]], ci["x"][1])
+    np.random.seed(0)
+    point, ci = library.get_interval_estimates(
+        {"xy": [x, y]}, metrics.probability_of_improvement, reps=100
+    )
+    mine = probability_of_improvement(x, y, reps=100)
+    assert (mine.point[0], mine.low[0], mine.high[0]) == (point["xy"], *ci["xy"].ravel())
+    taus = np.linspace(0, 1, 11)
+    np.random.seed(0)
+    profiles, cis = library.create_performance_profile({"x": x}, taus, reps=50)
+    mine = performance_profile(x, taus, reps=50)
+    np.testing.assert_array_equal(mine.point, profiles["x"])
+    np.testing.assert_array_equal(np.stack([mine.low, mine.high]), cis["x"])
+    with pytest.raises(ValueError, match="reps must be positive"):
+        stratified_bootstrap(x, theirs, reps=0)
+    with pytest.raises(ValueError, match=r"\[runs, tasks"):
+        stratified_bootstrap(np.zeros(3), theirs)
 
 
 def test_apv_evaluate_interval_is_said_to_be_over_episodes():
@@ -117,46 +150,6 @@ def test_apv_evaluate_interval_is_said_to_be_over_episodes():
     score = summarize(results)
     assert score["ci95_over"] == CI_OVER and "episodes of this one run" in CI_OVER
     assert score["return"]["ci95"] == list(bootstrap_ci([0.0, 1.0, 2.0, 3.0]))
+    low, high = score["return"]["ci95"]
+    assert 0.0 <= low < 1.5 < high <= 3.0
     assert "not over training seeds" in " ".join(build_parser().description.split())
-
-
-def rliable_or_skip():
-    try:
-        from rliable import library, metrics
-    except Exception as e:  # rliable 1.2.0 fails at import (not ImportError) on pandas >= 3
-        pytest.skip(f"rliable does not import here: {type(e).__name__}: {e}")
-    return library, metrics
-
-
-def test_agrees_with_rliable():
-    library, metrics = rliable_or_skip()
-    rng = np.random.default_rng(0)
-    x = rng.uniform(size=(6, 4))  # runs x tasks, rliable's layout
-    y = np.clip(x + rng.normal(0.1, 0.2, size=(6, 4)), 0, 1)
-    ours = lambda m: [m[:, k : k + 1] for k in range(m.shape[1])]  # per task [runs, 1]
-    for name, theirs, statistic in [
-        ("iqm", metrics.aggregate_iqm, iqm),
-        ("mean", metrics.aggregate_mean, mean_of_task_means),
-        ("median", metrics.aggregate_median, median_of_task_means),
-        ("gap", metrics.aggregate_optimality_gap, optimality_gap),
-    ]:
-        np.random.seed(0)
-        point, ci = library.get_interval_estimates(
-            {"x": x}, lambda s, f=theirs: np.array([f(s)]), reps=5000
-        )
-        mine = stratified_bootstrap([ours(x)], statistic, reps=5000)
-        assert mine.point[0] == pytest.approx(point["x"][0]), name
-        assert mine.low[0] == pytest.approx(ci["x"][0, 0], abs=0.03), name
-        assert mine.high[0] == pytest.approx(ci["x"][1, 0], abs=0.03), name
-    np.random.seed(0)
-    point, ci = library.get_interval_estimates(
-        {"xy": [x, y]}, metrics.probability_of_improvement, reps=2000
-    )
-    mine = stratified_bootstrap([ours(x), ours(y)], average_improvement_probability, reps=2000)
-    assert mine.point[0] == pytest.approx(point["xy"])
-    assert mine.low[0] == pytest.approx(ci["xy"][0], abs=0.04)
-    assert mine.high[0] == pytest.approx(ci["xy"][1], abs=0.04)
-    taus = np.linspace(0, 1, 11)
-    profiles, _ = library.create_performance_profile({"x": x}, taus, reps=10)
-    mine = stratified_bootstrap([ours(x)], score_profile(taus), reps=10)
-    np.testing.assert_allclose(mine.point, profiles["x"])

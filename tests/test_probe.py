@@ -131,6 +131,8 @@ def test_collect_episodes_runs_the_scripted_expert(expert_episodes):
         assert episode.frames.shape == (16, 3, 32, 32) and episode.frames.dtype == np.uint8
         assert episode.states.shape == (16, 39) and episode.rewards.shape == (16,)
         assert episode.rewards[0] == 0.0 and np.all(episode.rewards[1:] > 0)
+        assert episode.actions.shape == (16, 4) and not episode.actions[0].any()
+        assert np.abs(episode.actions).max() <= 1.0 and episode.actions[1:].any()
     # The expert moves the hand: its position changes along the episode.
     assert np.abs(np.diff(episodes[0].states[:, :3], axis=0)).sum() > 0.01
     # Episodes depend on the seed only: the same seed renders the same first episode.
@@ -205,5 +207,19 @@ def test_pretrained_against_random_init_from_the_command_line(tmp_path, capsys):
     assert "R^2 pre-trained" in err and "wrote" in err
     report = json.loads((tmp_path / "out" / "probe.json").read_text())
     assert report["model"] == str(tmp_path / "model") and report["embedding"] is None
+    # Errors: one line each, 2 for a probe that cannot run as asked, 1 for a missing model.
     assert main([*args[:3], "--episodes", "2", "--out", str(tmp_path / "o")]) == 2
-    assert "fewer than 2 to fit on" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("apv-probe: error: 2 episodes with 1 held out leave fewer than 2")
+    assert err.count("\n") == 1
+    assert main([args[0], "--env", "metaworld/no-such-task-v3", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("apv-probe: error: cannot probe metaworld/no-such-task-v3: unknown")
+    assert err.count("\n") == 1
+    assert main([args[0], "--env", "walker", "--out", str(tmp_path / "o")]) == 2
+    assert "must look like '<family>/<task>'" in capsys.readouterr().err
+    missing = tmp_path / "no-model"
+    assert main([str(missing), "--env", ENVS[0], "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("apv-probe: error: ") and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()

@@ -112,7 +112,7 @@ def test_intervals_shrink_with_more_seeds(tmp_path):
         root = tmp_path / f"runs{seeds}"
         for s in range(seeds):
             write_run(root, f"r{s}", "apv", MW[0], s, list(rng.uniform(0, 1, size=3)))
-        report = build_report([root], tmp_path / f"out{seeds}", reps=1000, figures=False)
+        report = build_report([root], tmp_path / f"out{seeds}", reps=300, figures=False)
         low, high = report["aggregates"]["apv"]["iqm"]["ci"]
         widths.append(high - low)
     assert widths[0] > widths[1] > widths[2]
@@ -242,7 +242,10 @@ def test_folders_that_are_not_runs_get_clear_errors(tmp_path, capsys):
     with pytest.raises(ReportError, match="no folder matches"):
         build_report([str(tmp_path / "nothing-*")], tmp_path / "out")
     assert main([str(empty), "--out", str(tmp_path / "out")]) == 2
-    assert "apv-report: error:" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err == f"apv-report: error: {empty} is not a fine-tuning run folder: " + (
+        f"{empty / 'run_config.json'} is missing\n"
+    )
 
 
 def test_command_line(tmp_path, capsys):
@@ -260,4 +263,62 @@ def test_command_line(tmp_path, capsys):
     assert report["plots"] == {} and not list((tmp_path / "out").glob("*.png"))
     with pytest.raises(SystemExit):
         main([str(tmp_path / "runs"), "--out", str(tmp_path / "o"), "--metric", "score"])
+    capsys.readouterr()
     assert main([str(tmp_path / "runs"), "--out", str(tmp_path / "o"), "--baseline", "x"]) == 2
+    assert capsys.readouterr().err == (
+        "apv-report: error: --baseline 'x' has no runs; labels: apv, dreamerv2\n"
+    )
+    assert main([str(tmp_path / "runs"), "--out", str(tmp_path / "o"), "--reps", "0"]) == 2
+    assert "apv-report: error: --reps must be a positive" in capsys.readouterr().err
+
+
+def test_unequal_seed_counts_use_the_seeds_every_task_has(tmp_path):
+    # rliable needs as many runs on every task: apv has seeds 0-2 on MW[0] and 0-1 on MW[1].
+    for s, final in enumerate([0.2, 0.4, 0.9]):
+        write_run(tmp_path, f"a0-{s}", "apv", MW[0], s, [0.0, 0.1, final])
+    for s, final in enumerate([0.6, 0.8]):
+        write_run(tmp_path, f"a1-{s}", "apv", MW[1], s, [0.0, 0.1, final])
+    report = build_report([tmp_path], tmp_path / "out", reps=50, figures=False)
+    # Aggregates over seeds 0 and 1 of both tasks: mean of (0.2, 0.4, 0.6, 0.8).
+    assert report["aggregates"]["apv"]["mean"]["point"] == pytest.approx(0.5)
+    assert report["per_task"]["apv"][MW[0]]["final"] == [0.2, 0.4, 0.9]
+    assert any(f"{MW[0]} seed 2" in note and "per-task rows" in note for note in report["notes"])
+
+
+def test_report_over_real_finetuning_runs(tmp_path, capsys):
+    """Four real short runs of `apv_hub.training.finetune` (2 variants x 2 seeds, tiny agents on
+    the SlideToCenter pixel task), then apv-report over their folders."""
+    from apv_hub.training.finetune import finetune
+    from tests.finetune_helpers import SLIDE_ENV, slide_config
+
+    schedule = {
+        "total_env_steps": 120,
+        "prefill": 40,
+        "pretrain_updates": 1,
+        "train_every": 20,
+        "eval_every": 40,
+        "eval_episodes": 2,
+        "checkpoint_every": 120,
+        "log_every": 40,
+        "agent.batch_size": 2,
+        "agent.seq_len": 8,
+    }
+    for variant in ("dreamerv2", "apv_scratch"):
+        for seed in (0, 1):
+            config = slide_config(variant, seed=seed, **schedule)
+            finetune(config, tmp_path / "runs" / f"{variant}-{seed}", progress=False)
+    code = main([str(tmp_path / "runs"), "--out", str(tmp_path / "report"), "--reps", "100"])
+    assert code == 0 and "wrote" in capsys.readouterr().err
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["metric"] == "return_mean" and report["tasks"] == [SLIDE_ENV]
+    assert report["labels"] == ["apv_scratch", "dreamerv2"] and len(report["runs"]) == 4
+    for label in report["labels"]:
+        entry = report["per_task"][label][SLIDE_ENV]
+        assert entry["seeds"] == [0, 1]
+        for seed, final in zip(entry["seeds"], entry["final"], strict=True):
+            rows = json.loads((tmp_path / "runs" / f"{label}-{seed}" / "eval.json").read_text())
+            assert [r["env_steps"] for r in rows] == report["env_steps"] == [40, 80, 120]
+            assert final == rows[-1]["return_mean"]
+    assert report["probability_of_improvement"]["baseline"] == "dreamerv2"
+    written = {p.name for p in (tmp_path / "report").iterdir()}
+    assert written == {"report.json", "report.md", *PLOTS.values()}

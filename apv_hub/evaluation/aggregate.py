@@ -1,139 +1,150 @@
-"""Aggregate scores of many runs the way rliable (Agarwal et al., 2021) and the APV paper report.
+"""Aggregate scores of many runs with rliable (Agarwal et al., 2021), as the APV paper reports.
 
-The estimators and the bootstrap follow ``rliable.metrics`` and ``rliable.library`` exactly
-(interquartile mean = ``scipy.stats.trim_mean(..., 0.25)`` over all runs of all tasks; mean and
-median of per-task means; optimality gap; probability of improvement = the Mann-Whitney U
-statistic divided by the number of pairs, averaged over tasks; performance profiles = fraction of
-runs scoring strictly above a threshold; stratified percentile bootstrap that resamples runs
-within each task). They are written here with numpy and scipy because rliable 1.2.0, the latest
-release, imports ``arch < 8``, which fails to import with pandas >= 3 (the version the project's
-``datasets`` resolves to); ``tests/test_aggregate.py`` checks them against hand-derived values
-and, where rliable imports, against rliable itself.
+Every estimator, bootstrap and profile here is rliable's: ``rliable.metrics`` (interquartile
+mean, mean and median of task means, optimality gap, probability of improvement) and
+``rliable.library`` (``get_interval_estimates``: the stratified percentile bootstrap that
+resamples runs within each task; ``create_performance_profile``). This module fixes the layout,
+names the statistics, seeds rliable reproducibly and returns `Interval`s.
 
-Scores are given per task: a sequence of arrays ``[runs_k, S]`` (``runs_k`` seeds of task k, which
-may differ between tasks; ``S`` score points per run, e.g. evaluation steps, or 1 for final
-scores). A statistic maps resampled scores ``[R, runs_k, S]`` per task to ``[R, S']``.
+Scores use rliable's layout: ``[runs, tasks]`` final scores, or ``[runs, tasks, S]`` scores at
+``S`` evaluation points (every task has the same number of runs). rliable draws its resamples
+from NumPy's global random generator; `stratified_bootstrap` seeds it for the call and restores
+its previous state afterwards, so a report is reproducible and the caller's random stream is
+left as it was.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-from scipy import stats
+from rliable import library, metrics
 
-TaskScores = Sequence[np.ndarray]  # per task: [runs_k, S]
-Statistic = Callable[[list[np.ndarray]], np.ndarray]  # per task [R, runs_k, S] -> [R, S']
-# Bootstrap resamples are drawn in chunks of at most this many gathered scores (memory bound).
-CHUNK_ELEMENTS = 1 << 24
-
-
-def iqm(tasks: list[np.ndarray]) -> np.ndarray:
-    """Interquartile mean over all runs of all tasks: [R, runs_k, S] per task -> [R, S].
-
-    The 25% trimmed mean of the pooled scores: ``int(0.25 n)`` lowest and highest are dropped.
-    """
-    return stats.trim_mean(np.concatenate(tasks, axis=1), 0.25, axis=1)
-
-
-def mean_of_task_means(tasks: list[np.ndarray]) -> np.ndarray:
-    """Mean over tasks of each task's mean over runs: [R, runs_k, S] per task -> [R, S]."""
-    return np.mean([t.mean(axis=1) for t in tasks], axis=0)
-
-
-def median_of_task_means(tasks: list[np.ndarray]) -> np.ndarray:
-    """Median over tasks of each task's mean over runs: [R, runs_k, S] per task -> [R, S]."""
-    return np.median([t.mean(axis=1) for t in tasks], axis=0)
-
-
-def optimality_gap(tasks: list[np.ndarray], gamma: float = 1.0) -> np.ndarray:
-    """``gamma`` minus the pooled mean of scores clipped at ``gamma`` (lower is better): for
-    scores normalised so that ``gamma`` is solved."""
-    return gamma - np.minimum(np.concatenate(tasks, axis=1), gamma).mean(axis=1)
-
-
-AGGREGATES: dict[str, Statistic] = {
-    "iqm": iqm,
-    "mean": mean_of_task_means,
-    "median": median_of_task_means,
-    "optimality_gap": optimality_gap,
+# The aggregate metrics of final scores [runs, tasks] -> a number, in report order.
+AGGREGATES: dict[str, Callable[[np.ndarray], float]] = {
+    "iqm": metrics.aggregate_iqm,
+    "mean": metrics.aggregate_mean,
+    "median": metrics.aggregate_median,
+    "optimality_gap": metrics.aggregate_optimality_gap,
 }
-
-
-def improvement_probability(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """P(X > Y) of one task, ties counted half: x [R, nx, S], y [R, ny, S] -> [R, S].
-
-    Equals the Mann-Whitney U statistic of x against y divided by nx * ny.
-    """
-    greater = (x[:, :, None] > y[:, None, :]).mean(axis=(1, 2))
-    ties = (x[:, :, None] == y[:, None, :]).mean(axis=(1, 2))
-    return greater + 0.5 * ties
-
-
-def average_improvement_probability(x_tasks: list[np.ndarray], y_tasks: list[np.ndarray]):
-    """P(X > Y) averaged over tasks (both lists in the same task order) -> [R, S]."""
-    return np.mean(
-        [improvement_probability(x, y) for x, y in zip(x_tasks, y_tasks, strict=True)], axis=0
-    )
-
-
-def score_profile(taus: np.ndarray) -> Statistic:
-    """The performance profile statistic: fraction of all runs whose score is above each tau.
-
-    Scores must be final scores (S = 1): [R, runs_k, 1] per task -> [R, len(taus)].
-    """
-    taus = np.asarray(taus, np.float64)
-
-    def profile(tasks: list[np.ndarray]) -> np.ndarray:
-        pooled = np.concatenate(tasks, axis=1)[..., 0]  # [R, N]
-        return (pooled[:, :, None] > taus).mean(axis=1)
-
-    return profile
 
 
 @dataclass
 class Interval:
-    """A point estimate and its percentile-bootstrap confidence interval, each [S]."""
+    """A point estimate and its percentile-bootstrap confidence interval, each [K]."""
 
     point: np.ndarray
     low: np.ndarray
     high: np.ndarray
 
+    def as_dict(self) -> dict[str, Any]:
+        """A one-number interval as JSON: ``{"point": p, "ci": [low, high]}``."""
+        if self.point.shape != (1,):
+            raise ValueError(f"as_dict takes a one-number interval, got {self.point.shape}")
+        return {"point": float(self.point[0]), "ci": [float(self.low[0]), float(self.high[0])]}
+
+
+@contextlib.contextmanager
+def seeded_global_rng(seed: int) -> Iterator[None]:
+    """Seed NumPy's global generator (rliable's source of resamples) and restore it on exit."""
+    saved = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(saved)
+
+
+def _check(scores: np.ndarray) -> np.ndarray:
+    scores = np.asarray(scores, np.float64)
+    if scores.ndim < 2 or scores.shape[0] == 0 or scores.shape[1] == 0:
+        raise ValueError(
+            f"scores must be [runs, tasks, ...] with runs and tasks, got {scores.shape}"
+        )
+    return scores
+
 
 def stratified_bootstrap(
-    samples: Sequence[TaskScores],
+    scores: np.ndarray | Sequence[np.ndarray],
     statistic: Callable[..., np.ndarray],
     *,
     reps: int = 2000,
     confidence: float = 0.95,
     seed: int = 0,
 ) -> Interval:
-    """Percentile bootstrap of ``statistic(*samples)`` resampling runs within each task.
+    """``statistic(scores)`` with rliable's stratified percentile-bootstrap interval.
 
-    Each entry of ``samples`` is one independent score set (per task ``[runs_k, S]``); each is
-    resampled on its own (rliable's ``StratifiedBootstrap`` for one set,
-    ``StratifiedIndependentBootstrap`` for several). ``statistic`` receives one list of resampled
-    tasks ``[R, runs_k, S]`` per set and returns ``[R, S']``. With one run per task every
-    resample equals the data and the interval collapses to the point.
+    ``scores``: one ``[runs, tasks, ...]`` array (runs resampled within each task), or a
+    sequence of them, each resampled on its own (e.g. two algorithms compared); ``statistic``
+    maps the array(s) to a 1-D array [K] (or a number). With one run per task every resample
+    equals the data and the interval collapses to the point.
     """
     if reps < 1:
         raise ValueError(f"reps must be positive, got {reps}")
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
-    arrays = [[np.asarray(t, np.float64) for t in tasks] for tasks in samples]
-    for tasks in arrays:
-        if not tasks or any(t.ndim != 2 or len(t) == 0 for t in tasks):
-            raise ValueError("every score set needs at least one task of shape [runs, S]")
-    point = statistic(*[[t[None] for t in tasks] for tasks in arrays])[0]
-    size = sum(t.size for tasks in arrays for t in tasks)
-    chunk = max(1, min(reps, CHUNK_ELEMENTS // max(1, size)))
-    rng = np.random.default_rng(seed)
-    draws = []
-    for start in range(0, reps, chunk):
-        n = min(chunk, reps - start)
-        resampled = [[t[rng.integers(0, len(t), (n, len(t)))] for t in tasks] for tasks in arrays]
-        draws.append(statistic(*resampled))
-    alpha = (1.0 - confidence) / 2.0
-    low, high = np.quantile(np.concatenate(draws), [alpha, 1.0 - alpha], axis=0)
-    return Interval(point, low, high)
+    data = _check(scores) if isinstance(scores, np.ndarray) else [_check(s) for s in scores]
+    with seeded_global_rng(seed):
+        points, intervals = library.get_interval_estimates(
+            {"scores": data},
+            statistic,
+            reps=reps,
+            confidence_interval_size=confidence,
+        )
+    point = np.atleast_1d(np.asarray(points["scores"], np.float64))
+    bounds = np.asarray(intervals["scores"], np.float64).reshape(2, -1)
+    return Interval(point, bounds[0], bounds[1])
+
+
+def aggregate_metrics(
+    scores: np.ndarray, names: Sequence[str] = tuple(AGGREGATES), **bootstrap
+) -> dict[str, Interval]:
+    """rliable's aggregate metrics ``names`` of final scores [runs, tasks] -> {name: Interval},
+    all from one bootstrap (``bootstrap``: reps, confidence, seed of `stratified_bootstrap`)."""
+    functions = [AGGREGATES[name] for name in names]
+    both = stratified_bootstrap(scores, lambda s: np.array([f(s) for f in functions]), **bootstrap)
+    return {
+        name: Interval(both.point[i : i + 1], both.low[i : i + 1], both.high[i : i + 1])
+        for i, name in enumerate(names)
+    }
+
+
+def iqm_curve(scores: np.ndarray, **bootstrap) -> Interval:
+    """IQM over runs and tasks at each evaluation point: scores [runs, tasks, S] -> [S]."""
+    return stratified_bootstrap(
+        scores,
+        lambda s: np.array([metrics.aggregate_iqm(s[..., j]) for j in range(s.shape[-1])]),
+        **bootstrap,
+    )
+
+
+def probability_of_improvement(x: np.ndarray, y: np.ndarray, **bootstrap) -> Interval:
+    """P(X > Y) of final scores x [runs_x, tasks], y [runs_y, tasks] (Mann-Whitney U over
+    run pairs, ties half, averaged over tasks), each algorithm resampled on its own -> [1]."""
+    return stratified_bootstrap([x, y], metrics.probability_of_improvement, **bootstrap)
+
+
+def performance_profile(
+    scores: np.ndarray, taus: np.ndarray, *, reps: int = 2000, confidence: float = 0.95, seed=0
+) -> Interval:
+    """Fraction of runs (of every task) scoring strictly above each threshold: final scores
+    [runs, tasks] -> [len(taus)] (rliable's score distribution)."""
+    taus = np.asarray(taus, np.float64)
+    with seeded_global_rng(seed):
+        profiles, intervals = library.create_performance_profile(
+            {"scores": _check(scores)}, taus, reps=reps, confidence_interval_size=confidence
+        )
+    bounds = np.asarray(intervals["scores"], np.float64)
+    return Interval(np.asarray(profiles["scores"], np.float64), bounds[0], bounds[1])
+
+
+def mean_interval(values: Sequence[float], **bootstrap) -> Interval:
+    """The mean of ``values`` [n] with a percentile-bootstrap interval resampling the values
+    (one task of n runs) -> [1]."""
+    column = np.asarray(values, np.float64)[:, None]
+    return stratified_bootstrap(
+        column, lambda s: np.array([metrics.aggregate_mean(s)]), **bootstrap
+    )

@@ -35,7 +35,7 @@ from apv_hub.agent import APVAgent
 from apv_hub.cli import command
 from apv_hub.config_base import ConfigError, parse_assignments
 from apv_hub.envs import EnvPool
-from apv_hub.evaluation.aggregate import stratified_bootstrap
+from apv_hub.evaluation.aggregate import mean_interval
 from apv_hub.io import write_json
 
 # What the interval of score.json resamples, written beside it so that no reader mistakes it for
@@ -119,20 +119,14 @@ def _run_round(
 
 
 def bootstrap_ci(
-    values: Sequence[float], confidence: float = 0.95, resamples: int = 10_000, seed: int = 0
+    values: Sequence[float], confidence: float = 0.95, resamples: int = 2000, seed: int = 0
 ) -> tuple[float, float]:
     """Percentile-bootstrap confidence interval of the mean of ``values``, resampling the values
-    (here: the evaluation episodes of one run; it says nothing about other seeds)."""
-    values = np.asarray(values, np.float64)
+    (here: the evaluation episodes of one run; it says nothing about other seeds). rliable's
+    bootstrap (`apv_hub.evaluation.aggregate.mean_interval`)."""
     if len(values) == 0:
         raise ValueError("bootstrap_ci needs at least one value")
-    interval = stratified_bootstrap(
-        [[values[:, None]]],
-        lambda tasks: tasks[0].mean(axis=1),
-        reps=resamples,
-        confidence=confidence,
-        seed=seed,
-    )
+    interval = mean_interval(values, reps=resamples, confidence=confidence, seed=seed)
     return float(interval.low[0]), float(interval.high[0])
 
 

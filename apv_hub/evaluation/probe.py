@@ -41,8 +41,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from apv_hub.cli import command
 from apv_hub.envs import make
 from apv_hub.envs.registry import split_name
+from apv_hub.errors import ApvHubError
 from apv_hub.evaluation import plots
 from apv_hub.evaluation.ridge import (
     Standardizer,
@@ -64,16 +66,26 @@ PRETRAINED = "pretrained"
 RANDOM_INIT = "random_init"
 
 
+class ProbeError(ApvHubError, ValueError):
+    """A probe that cannot run as asked (environment, policy, episode counts): exit code 2,
+    like a bad argument."""
+
+    exit_code = 2
+
+
 @dataclass
 class ProbeEpisode:
     """One collected episode: frames uint8 [T, 3, S, S], the state vector of every frame
-    float64 [T, D] and the reward that led to it float32 [T] (0 on the reset frame)."""
+    float64 [T, D], the reward that led to it float32 [T] (0 on the reset frame) and, when
+    collected here, the action that led to it float32 [T, A] (zeros on the reset frame), so
+    that the episode can also serve as replay."""
 
     env: str
     seed: int
     frames: np.ndarray
     states: np.ndarray
     rewards: np.ndarray
+    actions: np.ndarray | None = None
 
 
 def probe_episode_seeds(seed: int, env: str, episodes: int) -> list[int]:
@@ -85,12 +97,15 @@ def probe_episode_seeds(seed: int, env: str, episodes: int) -> list[int]:
 def resolve_policy(env: str, policy: str) -> str:
     """``auto`` -> ``scripted`` on Meta-world (the task's expert), ``random`` elsewhere."""
     if policy not in POLICIES:
-        raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
-    family = split_name(env)[0]
+        raise ProbeError(f"policy must be one of {POLICIES}, got {policy!r}")
+    try:
+        family = split_name(env)[0]
+    except ValueError as e:
+        raise ProbeError(str(e)) from e
     if policy == "auto":
         return "scripted" if family == "metaworld" else "random"
     if policy == "scripted" and family != "metaworld":
-        raise ValueError(f"{env}: scripted policies exist for Meta-world tasks only")
+        raise ProbeError(f"{env}: scripted policies exist for Meta-world tasks only")
     return policy
 
 
@@ -117,18 +132,26 @@ def collect_episodes(
     if episode_length is not None:
         options["episode_length"] = episode_length
     out = []
-    with make(env, seed=seed, **options) as pixel_env:
+    try:
+        pixel_env = make(env, seed=seed, **options)
+    except ValueError as e:  # an unknown task or an option out of range
+        raise ProbeError(f"cannot probe {env}: {e}") from e
+    with pixel_env:
         layout = pixel_env.state_layout()
         expert = None
         if policy == "scripted":
             from apv_hub.envs.meta_world import scripted_policy
 
-            expert = scripted_policy(split_name(env)[1])
+            try:
+                expert = scripted_policy(split_name(env)[1])
+            except ValueError as e:
+                raise ProbeError(f"cannot probe {env}: {e}; pass --policy random") from e
         seeds = probe_episode_seeds(seed, env, episodes)
         for episode_seed in tqdm(seeds, desc=f"episodes {env}", disable=not progress):
             rng = np.random.default_rng(episode_seed)
             obs, info = pixel_env.reset(seed=episode_seed)
             frames, states, rewards = [obs["image"]], [info["state"]], [0.0]
+            actions = [np.zeros(pixel_env.action_dim)]
             while not obs["is_last"]:
                 if expert is None:
                     action = rng.uniform(-1.0, 1.0, pixel_env.action_dim)
@@ -138,7 +161,9 @@ def collect_episodes(
                         warnings.filterwarnings("ignore", "Constant", UserWarning)
                         action = expert.get_action(info["state"])
                     action = action + rng.normal(0.0, action_noise, pixel_env.action_dim)
-                obs, info = pixel_env.step(np.clip(action, -1.0, 1.0))
+                action = np.clip(action, -1.0, 1.0)
+                obs, info = pixel_env.step(action)
+                actions.append(action)
                 frames.append(obs["image"])
                 states.append(info["state"])
                 rewards.append(float(obs["reward"]))
@@ -149,6 +174,7 @@ def collect_episodes(
                     np.stack(frames),
                     np.asarray(states, np.float64),
                     np.asarray(rewards, np.float32),
+                    np.asarray(actions, np.float32),
                 )
             )
     return out, layout
@@ -321,12 +347,18 @@ def run_probe(
 
     envs = list(dict.fromkeys(envs))
     if not envs:
-        raise ValueError("name at least one environment")
+        raise ProbeError("name at least one environment")
     if embedding not in EMBEDDINGS:
-        raise ValueError(f"embedding must be one of {EMBEDDINGS}, got {embedding!r}")
+        raise ProbeError(f"embedding must be one of {EMBEDDINGS}, got {embedding!r}")
+    if folds < 2:
+        raise ProbeError(f"cross-validation needs at least 2 folds, got {folds}")
+    if random_init_seeds < 0:
+        raise ProbeError(f"random_init_seeds must be 0 or more, got {random_init_seeds}")
+    if test_episodes is not None and test_episodes < 1:
+        raise ProbeError(f"test_episodes must be at least 1, got {test_episodes}")
     test_episodes = test_episodes or max(1, round(0.3 * episodes))
     if episodes - test_episodes < 2:
-        raise ValueError(
+        raise ProbeError(
             f"{episodes} episodes with {test_episodes} held out leave fewer than 2 to fit on "
             "(cross-validation needs two): collect more episodes"
         )
@@ -674,36 +706,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@command("apv-probe")
 def main(argv: Sequence[str] | None = None) -> int:
-    """The ``apv-probe`` command: 0 on success."""
+    """The ``apv-probe`` command: 0 on success, 2 for a probe that cannot run as asked, 1 for a
+    model that cannot be loaded."""
     args = build_parser().parse_args(argv)
     model = APVVideoModel.from_pretrained(
         args.model, revision=args.revision, map_location=args.device
     )
-    try:
-        report = run_probe(
-            model,
-            args.env,
-            args.out,
-            episodes=args.episodes,
-            test_episodes=args.test_episodes,
-            seed=args.seed,
-            random_init_seeds=args.random_init_seeds,
-            policy=args.policy,
-            action_noise=args.action_noise,
-            episode_length=args.episode_length,
-            folds=args.folds,
-            over_time=args.over_time,
-            over_time_steps=args.over_time_steps,
-            embedding=args.embedding,
-            clip_length=args.clip_length,
-            device=args.device,
-            model_name=str(args.model),
-            progress=not args.quiet,
-        )
-    except ValueError as e:
-        print(f"apv-probe: error: {e}", file=sys.stderr)
-        return 2
+    report = run_probe(
+        model,
+        args.env,
+        args.out,
+        episodes=args.episodes,
+        test_episodes=args.test_episodes,
+        seed=args.seed,
+        random_init_seeds=args.random_init_seeds,
+        policy=args.policy,
+        action_noise=args.action_noise,
+        episode_length=args.episode_length,
+        folds=args.folds,
+        over_time=args.over_time,
+        over_time_steps=args.over_time_steps,
+        embedding=args.embedding,
+        clip_length=args.clip_length,
+        device=args.device,
+        model_name=str(args.model),
+        progress=not args.quiet,
+    )
     print(markdown(report).split("\n## ")[0], file=sys.stderr)
     print(f"wrote {Path(args.out) / 'probe.md'}", file=sys.stderr)
     return 0

@@ -18,9 +18,13 @@ one, else its mean return (``--metric`` forces either), optionally normalised pe
 of them reached; "final" is the last of those. The report holds, per variant, the interquartile
 mean (IQM), mean, median and optimality gap of the final scores over the tasks every variant
 ran, the IQM at every evaluation point (sample-efficiency curve), the performance profile, the
-probability of improvement over a baseline variant, and per-task finals; every interval is a
-stratified percentile bootstrap over seeds (`apv_hub.evaluation.aggregate`). Output in
-``--out``: ``report.json``, ``report.md`` and the PNG figures named in `PLOTS`.
+probability of improvement over a baseline variant, and per-task finals. Every statistic and
+interval is rliable's (`apv_hub.evaluation.aggregate`): a stratified percentile bootstrap over
+seeds; rliable needs the same number of seeds on every task, so where a variant has more on
+some tasks its aggregates use the lowest seeds of each (a note names the runs left out). rliable
+evaluates each statistic once per resample in Python: thousands of resamples over many
+evaluation points or tasks take a minute or more. Output in ``--out``: ``report.json``,
+``report.md`` and the PNG figures named in `PLOTS`.
 """
 
 from __future__ import annotations
@@ -37,15 +41,16 @@ from typing import Any
 
 import numpy as np
 
+from apv_hub.cli import command
+from apv_hub.errors import ApvHubError
 from apv_hub.evaluation import plots
 from apv_hub.evaluation.aggregate import (
     AGGREGATES,
-    Interval,
-    average_improvement_probability,
-    iqm,
-    mean_of_task_means,
-    score_profile,
-    stratified_bootstrap,
+    aggregate_metrics,
+    iqm_curve,
+    mean_interval,
+    performance_profile,
+    probability_of_improvement,
 )
 from apv_hub.io import write_atomic, write_json
 
@@ -65,8 +70,11 @@ DEFAULT_BASELINE = "dreamerv2"
 PROFILE_POINTS = 101
 
 
-class ReportError(ValueError):
-    """Runs that cannot be reported, with what is wrong and where."""
+class ReportError(ApvHubError, ValueError):
+    """Runs that cannot be reported, with what is wrong and where (exit code 2, like a bad
+    argument: the runs named on the command line are the command's input)."""
+
+    exit_code = 2
 
 
 @dataclass
@@ -307,14 +315,34 @@ def drop_nonfinite(
     return [s for s, k in zip(steps, keep, strict=True) if k], matrix[:, keep]
 
 
+def label_scores(
+    label: str,
+    runs: list[Run],
+    by_group: dict[tuple[str, str], list[int]],
+    tasks: list[str],
+    matrix: np.ndarray,
+    notes: list[str],
+) -> np.ndarray:
+    """The scores of ``label`` in rliable's layout [seeds, tasks, steps].
+
+    rliable needs the same number of runs on every task: where ``label`` has more seeds on some
+    tasks, the aggregates use the lowest ``n`` seeds of each task (``n``: the fewest any task
+    has) and a note says which runs only the per-task rows use.
+    """
+    members = [sorted(by_group[(label, env)], key=lambda i: runs[i].seed) for env in tasks]
+    n = min(len(m) for m in members)
+    left_out = [runs[i] for m in members for i in m[n:]]
+    if left_out:
+        named = ", ".join(f"{r.env} seed {r.seed}" for r in left_out)
+        notes.append(
+            f"{label} has {n} to {max(len(m) for m in members)} seeds per task; rliable's "
+            f"aggregates need the same number on every task, so they use the lowest {n} seeds "
+            f"of each task (left out of the aggregates, kept in the per-task rows: {named})"
+        )
+    return np.stack([matrix[m[:n]] for m in members], axis=1)
+
+
 # The report -----------------------------------------------------------------------------------
-
-
-def _interval_dict(interval: Interval, index: int = 0) -> dict[str, Any]:
-    return {
-        "point": float(interval.point[index]),
-        "ci": [float(interval.low[index]), float(interval.high[index])],
-    }
 
 
 def build_report(
@@ -337,6 +365,10 @@ def build_report(
     improvement (default: ``dreamerv2`` where present); ``reps`` bootstrap resamples seeded by
     ``seed`` give intervals of coverage ``confidence``.
     """
+    if reps < 1:
+        raise ReportError(f"--reps must be a positive number of resamples, got {reps}")
+    if not 0.0 < confidence < 1.0:
+        raise ReportError(f"--confidence must lie strictly between 0 and 1, got {confidence}")
     runs = [load_run(p) for p in find_run_dirs(run_dirs)]
     if not runs:
         raise ReportError("no run folders given")
@@ -351,6 +383,7 @@ def build_report(
     matrix = score_matrix(runs, steps, column, normalization)
     steps, matrix = drop_nonfinite(runs, steps, matrix, notes)
     labels = sorted({r.label for r in runs})
+    baseline = resolve_baseline(labels, baseline, notes)
     envs = sorted({r.env for r in runs})
     by_group = {
         (label, env): [i for i, r in enumerate(runs) if r.label == label and r.env == env]
@@ -383,10 +416,7 @@ def build_report(
             )
     normalized = column == METRICS["success"] or bool(normalization)
     bootstrap = dict(reps=reps, confidence=confidence, seed=seed)
-
-    def task_scores(label: str, final: bool) -> list[np.ndarray]:
-        cut = slice(-1, None) if final else slice(None)
-        return [matrix[by_group[(label, env)], cut] for env in tasks]
+    scores = {label: label_scores(label, runs, by_group, tasks, matrix, notes) for label in labels}
 
     report: dict[str, Any] = {
         "metric": column,
@@ -414,16 +444,16 @@ def build_report(
     names = [n for n in AGGREGATES if n != "optimality_gap" or normalized]
     report["aggregates"] = {
         label: {
-            name: _interval_dict(
-                stratified_bootstrap([task_scores(label, True)], AGGREGATES[name], **bootstrap)
-            )
-            for name in names
+            name: interval.as_dict()
+            for name, interval in aggregate_metrics(
+                scores[label][..., -1], names, **bootstrap
+            ).items()
         }
         for label in labels
     }
     report["curves"] = {}
     for label in labels:
-        curve = stratified_bootstrap([task_scores(label, False)], iqm, **bootstrap)
+        curve = iqm_curve(scores[label], **bootstrap)
         report["curves"][label] = {
             "iqm": curve.point.tolist(),
             "ci_low": curve.low.tolist(),
@@ -434,11 +464,7 @@ def build_report(
             env: {
                 "seeds": [runs[i].seed for i in by_group[(label, env)]],
                 "final": matrix[by_group[(label, env)], -1].tolist(),
-                **_interval_dict(
-                    stratified_bootstrap(
-                        [[matrix[by_group[(label, env)], -1:]]], mean_of_task_means, **bootstrap
-                    )
-                ),
+                **mean_interval(matrix[by_group[(label, env)], -1], **bootstrap).as_dict(),
             }
             for env in envs
             if by_group[(label, env)]
@@ -453,14 +479,14 @@ def build_report(
     )
     report["performance_profile"] = {"taus": taus.tolist(), "fraction_above": {}}
     for label in labels:
-        profile = stratified_bootstrap([task_scores(label, True)], score_profile(taus), **bootstrap)
+        profile = performance_profile(scores[label][..., -1], taus, **bootstrap)
         report["performance_profile"]["fraction_above"][label] = {
             "point": profile.point.tolist(),
             "ci_low": profile.low.tolist(),
             "ci_high": profile.high.tolist(),
         }
     report["probability_of_improvement"] = improvement_section(
-        labels, baseline, notes, lambda label: task_scores(label, True), tasks, bootstrap
+        baseline, {label: s[..., -1] for label, s in scores.items()}, tasks, bootstrap
     )
     report["notes"] = notes
     out = Path(out)
@@ -471,38 +497,33 @@ def build_report(
     return report
 
 
+def resolve_baseline(labels: list[str], baseline: str | None, notes: list[str]) -> str | None:
+    """The label the others are compared with: ``baseline``, else dreamerv2 where present
+    among several labels, else None (no probabilities of improvement)."""
+    if baseline is not None:
+        if baseline not in labels:
+            raise ReportError(f"--baseline {baseline!r} has no runs; labels: {', '.join(labels)}")
+        return baseline if len(labels) > 1 else None
+    if DEFAULT_BASELINE in labels and len(labels) > 1:
+        return DEFAULT_BASELINE
+    if len(labels) > 1:
+        notes.append(
+            f"no {DEFAULT_BASELINE} runs: pass --baseline to get probabilities of improvement"
+        )
+    return None
+
+
 def improvement_section(
-    labels: list[str],
-    baseline: str | None,
-    notes: list[str],
-    final_scores,
-    tasks: list[str],
-    bootstrap: dict[str, Any],
+    baseline: str | None, finals: dict[str, np.ndarray], tasks: list[str], bootstrap: dict
 ) -> dict[str, Any] | None:
-    """P(label > baseline) of final scores for every other label, or None without a baseline."""
-    if baseline is not None and baseline not in labels:
-        raise ReportError(f"--baseline {baseline!r} has no runs; labels: {', '.join(labels)}")
+    """P(label > baseline) of the final scores ``finals[label]`` [runs, tasks] for every other
+    label, or None without a baseline."""
     if baseline is None:
-        if DEFAULT_BASELINE not in labels or len(labels) < 2:
-            if len(labels) > 1:
-                notes.append(
-                    f"no {DEFAULT_BASELINE} runs: pass --baseline to get probabilities of "
-                    "improvement"
-                )
-            return None
-        baseline = DEFAULT_BASELINE
-    others = [label for label in labels if label != baseline]
-    if not others:
         return None
     results = {
-        label: _interval_dict(
-            stratified_bootstrap(
-                [final_scores(label), final_scores(baseline)],
-                average_improvement_probability,
-                **bootstrap,
-            )
-        )
-        for label in others
+        label: probability_of_improvement(x, finals[baseline], **bootstrap).as_dict()
+        for label, x in finals.items()
+        if label != baseline
     }
     return {"baseline": baseline, "tasks": tasks, "results": results}
 
@@ -714,24 +735,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@command("apv-report")
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``apv-report`` command: 0 on success, 2 when the runs cannot be reported."""
     args = build_parser().parse_args(argv)
-    try:
-        report = build_report(
-            args.runs,
-            args.out,
-            metric=args.metric,
-            baseline=args.baseline,
-            reps=args.reps,
-            seed=args.seed,
-            confidence=args.confidence,
-            normalize=args.normalize,
-            figures=not args.no_figures,
-        )
-    except ReportError as e:
-        print(f"apv-report: error: {e}", file=sys.stderr)
-        return 2
+    report = build_report(
+        args.runs,
+        args.out,
+        metric=args.metric,
+        baseline=args.baseline,
+        reps=args.reps,
+        seed=args.seed,
+        confidence=args.confidence,
+        normalize=args.normalize,
+        figures=not args.no_figures,
+    )
     for note in report["notes"]:
         print(f"note: {note}", file=sys.stderr)
     for label in report["labels"]:
