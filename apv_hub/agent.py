@@ -25,6 +25,7 @@ from apv_hub.cards import AGENT_METADATA, agent_model_card
 from apv_hub.config import AgentConfig
 from apv_hub.hub import SafetensorsHubMixin
 from apv_hub.intrinsic import VideoIntrinsicBonus
+from apv_hub.nets import autocast_off
 from apv_hub.optim import apply_gradients, flatten_optimizers, load_optimizers
 from apv_hub.version import __version__
 from apv_hub.video_model import APVVideoModel
@@ -133,6 +134,10 @@ class APVAgent(nn.Module, SafetensorsHubMixin, **AGENT_METADATA):
         (reward target = reward + beta * bonus), a model step (the encoder and action-free RSSM
         held during the first ``freeze_pretrained_updates``), then an actor and a critic step on
         rollouts imagined from every posterior state of the batch.
+
+        Under bf16 autocast (a trainer may wrap the whole call in ``accelerator.autocast()``),
+        the forward passes run in bf16 and everything numerically delicate in float32 (see the
+        modules); the backward passes and optimiser steps run with autocast off.
         """
         self.train()
         batch = {k: batch[k].to(self.device, non_blocking=True) for k in BATCH_KEYS if k in batch}
@@ -140,14 +145,15 @@ class APVAgent(nn.Module, SafetensorsHubMixin, **AGENT_METADATA):
         frozen = self.num_updates < wm_cfg.freeze_pretrained_updates
         hold = self.world_model.pretrained_parameters() if frozen else []
         loss, obs, metrics = self.world_model.loss(batch, self.bonus)
-        metrics["model_grad_norm"] = apply_gradients(
-            loss,
-            optimizers["model"],
-            self.world_model.parameters(),
-            wm_cfg.grad_clip,
-            accelerator,
-            hold,
-        )
+        with autocast_off(self.device):
+            metrics["model_grad_norm"] = apply_gradients(
+                loss,
+                optimizers["model"],
+                self.world_model.parameters(),
+                wm_cfg.grad_clip,
+                accelerator,
+                hold,
+            )
         start = {k: v.flatten(0, 1) for k, v in obs.post.items()}
         metrics.update(
             self.behavior.update(

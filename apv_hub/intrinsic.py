@@ -10,8 +10,9 @@ For action-free features of replay sequences [B, T, D]:
 5. divide by a running mean of |bonus| (DreamerV2's StreamNorm: updated first, then applied);
 6. scale by beta.
 
-All of it is batched tensor code. The projection, queue and normaliser are buffers, so they are
-saved and restored with the module's state dict.
+All of it is batched tensor code, in float32 also under a caller's bf16 autocast (distances
+between nearby projections would not survive bf16 rounding). The projection, queue and
+normaliser are buffers, so they are saved and restored with the module's state dict.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from apv_hub.config import IntrinsicConfig
+from apv_hub.nets import autocast_off
 
 
 class VideoIntrinsicBonus(nn.Module):
@@ -89,13 +91,14 @@ class VideoIntrinsicBonus(nn.Module):
 
         Mutates the queue and the normaliser: call once per replay batch.
         """
-        af_feat = af_feat.detach().float()
-        windows = self.window_average(af_feat)
-        batch, steps = windows.shape[:2]
-        vectors = (windows @ self.projection).reshape(batch * steps, -1)
-        self.push(vectors)
-        raw = self.knn_distance(vectors)
-        bonus = self.normalise(raw).reshape(batch, steps)
+        with autocast_off(af_feat.device):
+            af_feat = af_feat.detach().float()
+            windows = self.window_average(af_feat)
+            batch, steps = windows.shape[:2]
+            vectors = (windows @ self.projection).reshape(batch * steps, -1)
+            self.push(vectors)
+            raw = self.knn_distance(vectors)
+            bonus = self.normalise(raw).reshape(batch, steps)
         metrics = {
             "bonus_raw_mean": raw.mean().item(),
             "bonus_mean": bonus.mean().item(),

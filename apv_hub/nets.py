@@ -25,8 +25,18 @@ def preprocess(frames: Tensor) -> Tensor:
 
 
 def postprocess(images: Tensor) -> Tensor:
-    """Float images [..., C, H, W] around [-0.5, 0.5] -> uint8 frames."""
-    return ((images.clamp(-0.5, 0.5) + 0.5) * 255.0).round().to(torch.uint8)
+    """Float images [..., C, H, W] around [-0.5, 0.5] (any float dtype) -> uint8 frames."""
+    return ((images.float().clamp(-0.5, 0.5) + 0.5) * 255.0).round().to(torch.uint8)
+
+
+def autocast_off(device: torch.device | str) -> torch.autocast:
+    """A region with autocast off on ``device``'s type, inside a caller's bf16 autocast.
+
+    For what must run in float32 whatever the trainer's precision: the bonus's projection and
+    k-NN search, and backward passes with their optimiser steps (autocast is meant for forward
+    passes only; backward ops run in the dtypes their forward ops used anyway).
+    """
+    return torch.autocast(torch.device(device).type, enabled=False)
 
 
 def image_nll(recon: Tensor, frames: Tensor) -> Tensor:
@@ -167,8 +177,13 @@ class GRUCell(nn.Module):
         self.norm = nn.LayerNorm(3 * size, eps=norm_eps) if layer_norm else nn.Identity()
 
     def forward(self, x: Tensor, state: Tensor) -> Tensor:
-        """x [B, in_dim], state [B, size] -> new state [B, size]."""
-        parts = self.norm(self.linear(torch.cat([x, state], -1)))
+        """x [B, in_dim], state [B, size] -> new state [B, size] (float32).
+
+        Under bf16 autocast the matmul runs in bf16; the layer norm, the gates and the state stay
+        in float32 (on CPU autocast would keep the layer norm in bf16, on CUDA not: the explicit
+        cast makes both the same), so the recurrent state does not drift by bf16 rounding.
+        """
+        parts = self.norm(self.linear(torch.cat([x, state], -1)).float())
         reset, cand, update = parts.chunk(3, -1)
         cand = torch.tanh(torch.sigmoid(reset) * cand)
         update = torch.sigmoid(update - 1)

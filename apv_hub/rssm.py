@@ -5,6 +5,10 @@ A state is a dict of tensors:
     stoch  [B, stoch, classes]   one-hot sample z (straight-through gradients)
     logits [B, stoch, classes]   logits of the distribution z was drawn from
 
+Every state tensor is float32, also under bf16 autocast: the networks' matmuls run in bf16 there,
+but the distributions' parameters (logits), their sampling, softmax, KL and entropy, and the
+recurrent state stay in float32, as in the released code.
+
 Sequences stack the same keys along a time axis: [B, T, ...]. ``action_dim=0`` gives the
 action-free RSSM of APV's pre-training; the action-conditional RSSM of fine-tuning is the same
 class with ``action_dim > 0``.
@@ -26,8 +30,11 @@ def stack_states(states: list[State], dim: int = 1) -> State:
 
 
 def sample_one_hot(logits: Tensor, sample: bool = True) -> Tensor:
-    """One-hot draw (or mode) of categoricals [..., classes] with straight-through gradients."""
-    probs = logits.softmax(-1)
+    """One-hot draw (or mode) of categoricals [..., classes] with straight-through gradients.
+
+    Float32 whatever the dtype of ``logits``.
+    """
+    probs = logits.float().softmax(-1)
     if sample:
         index = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1)
         index = index.reshape(probs.shape[:-1])
@@ -100,7 +107,8 @@ class RSSM(nn.Module):
         return torch.cat([stoch, state["deter"]], -1)
 
     def _logits(self, x: Tensor) -> Tensor:
-        return x.reshape(*x.shape[:-1], self.stoch, self.classes)
+        """A head's output [..., stoch * classes] -> float32 logits [..., stoch, classes]."""
+        return x.reshape(*x.shape[:-1], self.stoch, self.classes).float()
 
     def img_step(
         self, prev: State, prev_action: Tensor | None = None, sample: bool = True
@@ -126,7 +134,7 @@ class RSSM(nn.Module):
         Where ``is_first`` [B] is set, the previous state and action are zeroed so that an episode
         boundary inside a batch starts from the initial state.
         """
-        keep = (~is_first).to(embed.dtype)
+        keep = (~is_first).to(prev["deter"].dtype)
         prev = {k: v * keep.reshape(-1, *[1] * (v.dim() - 1)) for k, v in prev.items()}
         if self.action_dim:
             prev_action = prev_action * keep[:, None]
