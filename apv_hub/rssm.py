@@ -46,8 +46,11 @@ def sample_one_hot(logits: Tensor, sample: bool = True) -> Tensor:
 
 def categorical_kl(lhs_logits: Tensor, rhs_logits: Tensor) -> Tensor:
     """KL(lhs || rhs) of independent categoricals [..., stoch, classes], summed over latents."""
-    lhs = lhs_logits.float().log_softmax(-1)
-    rhs = rhs_logits.float().log_softmax(-1)
+    return _kl_of_log_probs(lhs_logits.float().log_softmax(-1), rhs_logits.float().log_softmax(-1))
+
+
+def _kl_of_log_probs(lhs: Tensor, rhs: Tensor) -> Tensor:
+    """KL(lhs || rhs) from log-probabilities [..., stoch, classes], summed over latents."""
     return (lhs.exp() * (lhs - rhs)).sum((-2, -1))
 
 
@@ -203,15 +206,15 @@ class RSSM(nn.Module):
 
         The first term trains the prior towards the posterior, the second regularises the
         posterior. ``free`` nats are not penalised, applied to the batch mean (``free_avg``) or
-        per step. Returns (loss, KL value [B, T]).
+        per step. Returns (loss, KL value [B, T], detached). Both terms have the same value; one
+        log-softmax of each side serves both.
         """
-        value = categorical_kl(post["logits"], prior["logits"])
-        train_prior = categorical_kl(post["logits"].detach(), prior["logits"])
-        train_post = categorical_kl(post["logits"], prior["logits"].detach())
+        post_logp = post["logits"].float().log_softmax(-1)
+        prior_logp = prior["logits"].float().log_softmax(-1)
+        train_prior = _kl_of_log_probs(post_logp.detach(), prior_logp)
+        train_post = _kl_of_log_probs(post_logp, prior_logp.detach())
+        value = train_prior.detach()
         if free_avg:
             train_prior, train_post = train_prior.mean(), train_post.mean()
-        floor = torch.tensor(free, device=value.device)
-        loss = balance * torch.maximum(train_prior, floor) + (1 - balance) * torch.maximum(
-            train_post, floor
-        )
+        loss = balance * train_prior.clamp_min(free) + (1 - balance) * train_post.clamp_min(free)
         return loss.mean(), value
