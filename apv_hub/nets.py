@@ -29,6 +29,12 @@ def postprocess(images: Tensor) -> Tensor:
     return ((images.float().clamp(-0.5, 0.5) + 0.5) * 255.0).round().to(torch.uint8)
 
 
+def autocast_dtype(device: torch.device | str) -> torch.dtype | None:
+    """The dtype autocast runs matmuls in on ``device``'s type, or None where it is off."""
+    kind = torch.device(device).type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None
+
+
 def autocast_off(device: torch.device | str) -> torch.autocast:
     """A region with autocast off on ``device``'s type, inside a caller's bf16 autocast.
 

@@ -5,6 +5,9 @@ A state is a dict of tensors:
     stoch  [B, stoch, classes]   one-hot sample z (straight-through gradients)
     logits [B, stoch, classes]   logits of the distribution z was drawn from
 
+The priors that filtering (``observe``, ``obs_step``) returns beside the posteriors hold
+``deter`` and ``logits`` only: the losses need the prior's distribution, never a draw from it.
+
 Every state tensor is float32, also under bf16 autocast: the networks' matmuls run in bf16 there,
 but the distributions' parameters (logits), their sampling, softmax, KL and entropy, and the
 recurrent state stay in float32, as in the released code.
@@ -20,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from apv_hub.nets import GRUCell, activation
+from apv_hub.nets import GRUCell, activation, autocast_dtype
 
 State = dict[str, Tensor]
 
@@ -113,15 +116,64 @@ class RSSM(nn.Module):
         """A head's output [..., stoch * classes] -> float32 logits [..., stoch, classes]."""
         return x.reshape(*x.shape[:-1], self.stoch, self.classes).float()
 
+    def _deter_step(self, deter: Tensor, stoch: Tensor, action: Tensor | None) -> Tensor:
+        """h_t = GRU(h_{t-1}, z_{t-1}, a_{t-1}): deter [B, deter], stoch [B, stoch, classes]."""
+        x = stoch.flatten(-2)
+        if self.action_dim:
+            x = torch.cat([x, action], -1)
+        return self.gru(self.img_in(x), deter)
+
+    def prior_logits(self, deter: Tensor) -> Tensor:
+        """Logits of p(z_t | h_t): deter [..., deter] -> float32 [..., stoch, classes]."""
+        return self._logits(self.img_out(deter))
+
+    def _posterior_weights(self) -> tuple[Tensor, Tensor]:
+        """The posterior's first layer, split into the columns that read deter and embed.
+
+        The layer reads concat(deter, embed); its embed share is computed for a whole sequence
+        before the loop over time, the deter share step by step. Under autocast the weight is
+        cast once here, not at every step (autocast caches casts of parameters, not of slices).
+        """
+        weight = self.obs_out[0].weight
+        dtype = autocast_dtype(weight.device)
+        if dtype is not None:
+            weight = weight.to(dtype)
+        return weight.split([self.deter, self.embed_dim], 1)
+
+    def _embed_share(self, embed: Tensor, weight: Tensor) -> Tensor:
+        """The embed columns' part of the posterior's first layer (with its bias) [..., hidden]."""
+        return F.linear(embed, weight, self.obs_out[0].bias)
+
+    def _post_step(
+        self,
+        prev: State,
+        prev_action: Tensor | None,
+        keep: Tensor,
+        embed_share: Tensor,
+        deter_weight: Tensor,
+        sample: bool,
+    ) -> State:
+        """One posterior step q(z_t | h_t, e_t) from the previous state [B, ...].
+
+        keep [B, 1]: 0 where an episode starts (the previous state and action are zeroed there),
+        else 1. embed_share [B, hidden] and deter_weight from ``_embed_share`` /
+        ``_posterior_weights``.
+        """
+        deter = prev["deter"] * keep
+        stoch = prev["stoch"] * keep[..., None]
+        if self.action_dim:
+            prev_action = prev_action * keep
+        deter = self._deter_step(deter, stoch, prev_action)
+        hidden = self.obs_out[1](torch.addmm(embed_share, deter, deter_weight.t()))
+        logits = self._logits(self.obs_out[2](hidden))
+        return {"deter": deter, "stoch": sample_one_hot(logits, sample), "logits": logits}
+
     def img_step(
         self, prev: State, prev_action: Tensor | None = None, sample: bool = True
     ) -> State:
         """One prior step: p(z_t | h_t), h_t = GRU(h_{t-1}, z_{t-1}, a_{t-1})."""
-        x = prev["stoch"].flatten(-2)
-        if self.action_dim:
-            x = torch.cat([x, prev_action], -1)
-        deter = self.gru(self.img_in(x), prev["deter"])
-        logits = self._logits(self.img_out(deter))
+        deter = self._deter_step(prev["deter"], prev["stoch"], prev_action)
+        logits = self.prior_logits(deter)
         return {"deter": deter, "stoch": sample_one_hot(logits, sample), "logits": logits}
 
     def obs_step(
@@ -135,16 +187,14 @@ class RSSM(nn.Module):
         """One filtering step -> (posterior q(z_t | h_t, e_t), prior p(z_t | h_t)).
 
         Where ``is_first`` [B] is set, the previous state and action are zeroed so that an episode
-        boundary inside a batch starts from the initial state.
+        boundary inside a batch starts from the initial state. The prior holds ``deter`` and
+        ``logits`` only: nothing is drawn from it.
         """
-        keep = (~is_first).to(prev["deter"].dtype)
-        prev = {k: v * keep.reshape(-1, *[1] * (v.dim() - 1)) for k, v in prev.items()}
-        if self.action_dim:
-            prev_action = prev_action * keep[:, None]
-        prior = self.img_step(prev, prev_action, sample)
-        logits = self._logits(self.obs_out(torch.cat([prior["deter"], embed], -1)))
-        post = {"deter": prior["deter"], "stoch": sample_one_hot(logits, sample), "logits": logits}
-        return post, prior
+        keep = (~is_first).float()[:, None]
+        deter_weight, embed_weight = self._posterior_weights()
+        embed_share = self._embed_share(embed, embed_weight)
+        post = self._post_step(prev, prev_action, keep, embed_share, deter_weight, sample)
+        return post, {"deter": post["deter"], "logits": self.prior_logits(post["deter"])}
 
     def observe(
         self,
@@ -158,7 +208,11 @@ class RSSM(nn.Module):
 
         embed [B, T, E]; action [B, T, A], where action[:, t] is the action that led to step t;
         is_first [B, T] bool; state: the state before step 0 (default: initial).
-        Returns posterior and prior states, each [B, T, ...].
+        Returns posterior [B, T, ...] and prior states [B, T, ...]; the prior holds ``deter``
+        and ``logits`` only (nothing is drawn from it).
+
+        Only what depends on the previous step runs in the loop over time: the embedding's share
+        of the posterior is one matmul over all steps before it, the prior head one after it.
         """
         batch, length = embed.shape[:2]
         if self.action_dim and action is None:
@@ -166,13 +220,18 @@ class RSSM(nn.Module):
         if is_first is None:
             is_first = torch.zeros(batch, length, dtype=torch.bool, device=embed.device)
         state = self.initial(batch, embed.device) if state is None else state
-        posts, priors = [], []
+        keep = (~is_first).float()[..., None]
+        deter_weight, embed_weight = self._posterior_weights()
+        embed_share = self._embed_share(embed, embed_weight)
+        posts = []
         for t in range(length):
             act_t = action[:, t] if self.action_dim else None
-            state, prior = self.obs_step(state, act_t, embed[:, t], is_first[:, t], sample)
+            state = self._post_step(
+                state, act_t, keep[:, t], embed_share[:, t], deter_weight, sample
+            )
             posts.append(state)
-            priors.append(prior)
-        return stack_states(posts), stack_states(priors)
+        post = stack_states(posts)
+        return post, {"deter": post["deter"], "logits": self.prior_logits(post["deter"])}
 
     def imagine(
         self,
