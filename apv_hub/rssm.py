@@ -32,18 +32,32 @@ def stack_states(states: list[State], dim: int = 1) -> State:
     return {k: torch.stack([s[k] for s in states], dim) for k in states[0]}
 
 
-def sample_one_hot(logits: Tensor, sample: bool = True) -> Tensor:
+def gumbel_noise(shape: tuple[int, ...], device: torch.device | str = "cpu") -> Tensor:
+    """Standard Gumbel noise -log(-log(u)), u ~ U[0, 1), float32 [*shape].
+
+    float32's uniform draws are multiples of 2^-24: the noise is truncated at about 16.6 above,
+    and u = 0 (probability 2^-24) gives -inf, a class that this draw never picks.
+    """
+    return torch.rand(shape, device=device).log_().neg_().log_().neg_()
+
+
+def sample_one_hot(logits: Tensor, sample: bool = True, noise: Tensor | None = None) -> Tensor:
     """One-hot draw (or mode) of categoricals [..., classes] with straight-through gradients.
 
-    Float32 whatever the dtype of ``logits``.
+    A draw is argmax(logits + Gumbel noise), the Gumbel-max trick: distributed as
+    softmax(logits), in a few elementwise kernels instead of ``torch.multinomial``'s many.
+    ``noise`` [..., classes] is Gumbel noise drawn beforehand (``observe`` draws a whole
+    sequence's at once); without it, it is drawn here. The gradient is the straight-through one:
+    one_hot + probs - sg(probs). Float32 whatever the dtype of ``logits``.
     """
-    probs = logits.float().softmax(-1)
+    logits = logits.float()
     if sample:
-        index = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1)
-        index = index.reshape(probs.shape[:-1])
+        noise = gumbel_noise(logits.shape, logits.device) if noise is None else noise
+        index = (logits + noise).argmax(-1, keepdim=True)
     else:
-        index = probs.argmax(-1)
-    one_hot = F.one_hot(index, probs.shape[-1]).to(probs.dtype)
+        index = logits.argmax(-1, keepdim=True)
+    probs = logits.softmax(-1)
+    one_hot = torch.zeros_like(probs).scatter_(-1, index, 1.0)
     return one_hot + probs - probs.detach()
 
 
@@ -151,13 +165,14 @@ class RSSM(nn.Module):
         keep: Tensor,
         embed_share: Tensor,
         deter_weight: Tensor,
-        sample: bool,
+        noise: Tensor | None,
     ) -> State:
         """One posterior step q(z_t | h_t, e_t) from the previous state [B, ...].
 
         keep [B, 1]: 0 where an episode starts (the previous state and action are zeroed there),
         else 1. embed_share [B, hidden] and deter_weight from ``_embed_share`` /
-        ``_posterior_weights``.
+        ``_posterior_weights``. noise [B, stoch, classes]: Gumbel noise of the draw; None takes
+        the mode.
         """
         deter = prev["deter"] * keep
         stoch = prev["stoch"] * keep[..., None]
@@ -166,7 +181,12 @@ class RSSM(nn.Module):
         deter = self._deter_step(deter, stoch, prev_action)
         hidden = self.obs_out[1](torch.addmm(embed_share, deter, deter_weight.t()))
         logits = self._logits(self.obs_out[2](hidden))
-        return {"deter": deter, "stoch": sample_one_hot(logits, sample), "logits": logits}
+        stoch = sample_one_hot(logits, noise is not None, noise)
+        return {"deter": deter, "stoch": stoch, "logits": logits}
+
+    def _noise(self, lead: tuple[int, ...], device: torch.device, sample: bool) -> Tensor | None:
+        """Gumbel noise [*lead, stoch, classes] for posterior draws, or None for modes."""
+        return gumbel_noise((*lead, self.stoch, self.classes), device) if sample else None
 
     def img_step(
         self, prev: State, prev_action: Tensor | None = None, sample: bool = True
@@ -193,7 +213,8 @@ class RSSM(nn.Module):
         keep = (~is_first).float()[:, None]
         deter_weight, embed_weight = self._posterior_weights()
         embed_share = self._embed_share(embed, embed_weight)
-        post = self._post_step(prev, prev_action, keep, embed_share, deter_weight, sample)
+        noise = self._noise(embed.shape[:1], embed.device, sample)
+        post = self._post_step(prev, prev_action, keep, embed_share, deter_weight, noise)
         return post, {"deter": post["deter"], "logits": self.prior_logits(post["deter"])}
 
     def observe(
@@ -212,7 +233,8 @@ class RSSM(nn.Module):
         and ``logits`` only (nothing is drawn from it).
 
         Only what depends on the previous step runs in the loop over time: the embedding's share
-        of the posterior is one matmul over all steps before it, the prior head one after it.
+        of the posterior is one matmul over all steps before it, as is the posteriors' Gumbel
+        noise, and the prior head is one after it.
         """
         batch, length = embed.shape[:2]
         if self.action_dim and action is None:
@@ -223,11 +245,13 @@ class RSSM(nn.Module):
         keep = (~is_first).float()[..., None]
         deter_weight, embed_weight = self._posterior_weights()
         embed_share = self._embed_share(embed, embed_weight)
+        noise = self._noise((batch, length), embed.device, sample)
         posts = []
         for t in range(length):
             act_t = action[:, t] if self.action_dim else None
+            noise_t = noise[:, t] if sample else None
             state = self._post_step(
-                state, act_t, keep[:, t], embed_share[:, t], deter_weight, sample
+                state, act_t, keep[:, t], embed_share[:, t], deter_weight, noise_t
             )
             posts.append(state)
         post = stack_states(posts)
