@@ -36,10 +36,26 @@ def assert_close_rel(got: torch.Tensor, want: torch.Tensor, what: str) -> None:
     assert (got - want).norm() <= 1e-5 * want.norm(), f"{what}: {(got - want).norm()}"
 
 
-def assert_grads_close(fast: nn.Module, plain: nn.Module) -> None:
-    want = grads(plain)
+def assert_backward_close(
+    fast: nn.Module,
+    plain: nn.Module,
+    outputs: tuple[torch.Tensor, torch.Tensor],
+    inputs: tuple[torch.Tensor, torch.Tensor],
+) -> None:
+    """Outputs, and the gradients of one upstream gradient into inputs and parameters, agree."""
+    out, want = outputs
+    assert_close_rel(out, want, "output")
+    upstream = torch.randn_like(out)
+    (out * upstream).sum().backward()
+    (want * upstream).sum().backward()
+    assert_close_rel(inputs[0].grad, inputs[1].grad, "input gradient")
+    want_grads = grads(plain)
     for name, grad in grads(fast).items():
-        assert_close_rel(grad, want[name], name)
+        assert_close_rel(grad, want_grads[name], name)
+
+
+def leaf_pair(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return x.clone().requires_grad_(), x.clone().requires_grad_()
 
 
 @pytest.mark.parametrize("preset", ["tiny", "small"])
@@ -50,7 +66,7 @@ def test_encoder_channels_last_equals_contiguous(preset: str) -> None:
     assert all(w.is_contiguous(memory_format=CHANNELS_LAST) for w in conv_weights(encoder))
     plain = contiguous_copy(encoder)
     images = torch.rand(2, 3, 3, config.image_size, config.image_size) - 0.5
-    fast_in, plain_in = images.clone().requires_grad_(), images.clone().requires_grad_()
+    fast_in, plain_in = leaf_pair(images)
     layouts = []
     encoder.net[0].register_forward_pre_hook(
         lambda _, args: layouts.append(args[0].is_contiguous(memory_format=CHANNELS_LAST))
@@ -59,12 +75,7 @@ def test_encoder_channels_last_equals_contiguous(preset: str) -> None:
     assert layouts == [True], "the first convolution's input is not channels-last"
     # The contiguous path: the same layers on NCHW-contiguous input and weights.
     want = plain.net(plain_in.reshape(-1, *images.shape[2:])).reshape(out.shape)
-    assert_close_rel(out, want, "output")
-    upstream = torch.randn_like(out)
-    (out * upstream).sum().backward()
-    (want * upstream).sum().backward()
-    assert_close_rel(fast_in.grad, plain_in.grad, "input gradient")
-    assert_grads_close(encoder, plain)
+    assert_backward_close(encoder, plain, (out, want), (fast_in, plain_in))
 
 
 @pytest.mark.parametrize("preset", ["tiny", "small"])
@@ -74,20 +85,14 @@ def test_decoder_channels_last_equals_contiguous(preset: str) -> None:
     decoder = ConvDecoder(config, 40)
     assert all(w.is_contiguous(memory_format=CHANNELS_LAST) for w in conv_weights(decoder))
     plain = contiguous_copy(decoder)
-    feat = torch.randn(2, 3, 40)
-    fast_in, plain_in = feat.clone().requires_grad_(), feat.clone().requires_grad_()
+    fast_in, plain_in = leaf_pair(torch.randn(2, 3, 40))
     out = decoder(fast_in)
     assert out.shape == (2, 3, 3, config.image_size, config.image_size)
     assert out.flatten(0, 1).is_contiguous(memory_format=CHANNELS_LAST)
     hidden = plain.stem(plain_in.reshape(-1, 40))[:, :, None, None].contiguous()
     want = plain.net(hidden).reshape(out.shape)
     assert want.is_contiguous()
-    assert_close_rel(out, want, "output")
-    upstream = torch.randn_like(out)
-    (out * upstream).sum().backward()
-    (want * upstream).sum().backward()
-    assert_close_rel(fast_in.grad, plain_in.grad, "input gradient")
-    assert_grads_close(decoder, plain)
+    assert_backward_close(decoder, plain, (out, want), (fast_in, plain_in))
 
 
 def test_layout_survives_loading_and_moving_and_state_dicts_are_the_same_values() -> None:
