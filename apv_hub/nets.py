@@ -93,8 +93,9 @@ class ConvEncoder(nn.Module):
     4,4,4,4 give 384 x 2 x 2 = 1536 features, as in DreamerV2.
 
     Weights and activations are kept channels-last (NHWC in memory; shapes and the state dict's
-    values are unchanged), the layout that oneDNN on CPUs and cuDNN's tensor-core kernels run
-    fastest: measured on a 2-core CPU, 9% less time per paper-size pre-training step.
+    values are unchanged), the layout oneDNN on CPUs and cuDNN's tensor-core kernels work in
+    natively, which saves layout conversions around every convolution (a paper-size
+    pre-training step's peak memory on a CPU: 1.55 -> 1.47 GiB).
     """
 
     def __init__(self, config: APVConfig) -> None:
