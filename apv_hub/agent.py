@@ -26,6 +26,7 @@ from apv_hub.config import AgentConfig, ConfigError
 from apv_hub.hub import SafetensorsHubMixin
 from apv_hub.intrinsic import DisagreementBonus, VideoIntrinsicBonus
 from apv_hub.io import write_json
+from apv_hub.nets import autocast_off
 from apv_hub.optim import (
     OPTIMIZERS_FILE,
     apply_gradients,
@@ -180,6 +181,10 @@ class APVAgent(nn.Module, SafetensorsHubMixin, **AGENT_METADATA):
         (reward target = reward + beta * bonus), a model step (the encoder and action-free RSSM
         held during the first ``freeze_pretrained_updates``), then an actor and a critic step on
         rollouts imagined from every posterior state of the batch.
+
+        Under bf16 autocast (a trainer may wrap the whole call in ``accelerator.autocast()``),
+        the forward passes run in bf16 and everything numerically delicate in float32 (see the
+        modules); the backward passes and optimiser steps run with autocast off.
         """
         self.train()
         batch = {k: batch[k].to(self.device, non_blocking=True) for k in BATCH_KEYS if k in batch}
@@ -187,26 +192,28 @@ class APVAgent(nn.Module, SafetensorsHubMixin, **AGENT_METADATA):
         frozen = self.num_updates < wm_cfg.freeze_pretrained_updates
         hold = self.world_model.pretrained_parameters() if frozen else []
         loss, obs, metrics = self.world_model.loss(batch, self.bonus)
-        metrics["model_grad_norm"] = apply_gradients(
-            loss,
-            optimizers["model"],
-            self.world_model.parameters(),
-            wm_cfg.grad_clip,
-            accelerator,
-            hold,
-        )
+        with autocast_off(self.device):
+            metrics["model_grad_norm"] = apply_gradients(
+                loss,
+                optimizers["model"],
+                self.world_model.parameters(),
+                wm_cfg.grad_clip,
+                accelerator,
+                hold,
+            )
         if self.disagreement is not None:
             ensemble_loss, ensemble_metrics = self.disagreement.loss(
                 obs.feat, batch["action"], obs.post["stoch"], batch["is_first"]
             )
             metrics.update(ensemble_metrics)
-            metrics["intrinsic_grad_norm"] = apply_gradients(
-                ensemble_loss,
-                optimizers["intrinsic"],
-                self.disagreement.parameters(),
-                wm_cfg.grad_clip,
-                accelerator,
-            )
+            with autocast_off(self.device):
+                metrics["intrinsic_grad_norm"] = apply_gradients(
+                    ensemble_loss,
+                    optimizers["intrinsic"],
+                    self.disagreement.parameters(),
+                    wm_cfg.grad_clip,
+                    accelerator,
+                )
         start = {k: v.flatten(0, 1) for k, v in obs.post.items()}
         metrics.update(
             self.behavior.update(

@@ -8,6 +8,10 @@ entropy bonus; the critic regresses them. Sequences here are [N, H + 1, ...]: st
 
 Any object with ``get_feat``, ``img_step``, ``predict_reward`` and ``predict_continuation`` (see
 ``ImaginationModel``) can be imagined with: the stacked world model, or a small analytic model.
+
+Under bf16 autocast the networks run in bf16, but the actor's distribution (its parameters,
+sampling, log-probabilities and entropy), rewards, values, discounts, lambda-returns and every
+loss are float32, as in the released code.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from apv_hub.config import BehaviorConfig
-from apv_hub.nets import MLP
+from apv_hub.nets import MLP, autocast_off
 from apv_hub.optim import apply_gradients
 from apv_hub.rssm import State
 
@@ -100,7 +104,8 @@ class TruncNormal:
 class Actor(nn.Module):
     """Features [..., feat_dim] -> TruncNormal over actions [..., A] in [-1, 1].
 
-    mean = tanh(x), std = 2 * sigmoid(y / 2) + min_std (DreamerV2's ``trunc_normal``).
+    mean = tanh(x), std = 2 * sigmoid(y / 2) + min_std (DreamerV2's ``trunc_normal``), in
+    float32 (``torch.special.ndtri``, which samples it, has no bf16 kernel).
     """
 
     def __init__(self, feat_dim: int, action_dim: int, config: BehaviorConfig) -> None:
@@ -111,7 +116,7 @@ class Actor(nn.Module):
         )
 
     def forward(self, feat: Tensor) -> TruncNormal:
-        mean, std = self.net(feat).chunk(2, -1)
+        mean, std = self.net(feat).float().chunk(2, -1)
         return TruncNormal(torch.tanh(mean), 2 * torch.sigmoid(std / 2) + self.min_std)
 
 
@@ -122,7 +127,10 @@ def lambda_return(
 
     reward, value, pcont [N, H]; bootstrap [N] (the value after the last step).
     R_t = r_t + pcont_t * ((1 - lambda) * v_{t+1} + lambda * R_{t+1}), R_H = bootstrap.
+    Computed in float32 whatever the inputs' dtype: in bf16 the sum over 15 steps would lose
+    about two significant digits.
     """
+    reward, value, pcont, bootstrap = (x.float() for x in (reward, value, pcont, bootstrap))
     next_value = torch.cat([value[:, 1:], bootstrap[:, None]], 1)
     inputs = reward + pcont * next_value * (1 - lambda_)
     returns, last = [], bootstrap
@@ -195,15 +203,16 @@ class ActorCritic(nn.Module):
             feats.append(feat)
             actions.append(action)
         seq = {"feat": torch.stack(feats, 1), "action": torch.stack(actions, 1)}
-        seq["reward"] = model.predict_reward(seq["feat"])
+        seq["reward"] = model.predict_reward(seq["feat"]).float()
         if intrinsic is not None:
             seq["intrinsic"] = intrinsic.imagined_reward(seq)
             seq["reward"] = seq["reward"] + seq["intrinsic"]
         continuation = model.predict_continuation(seq["feat"])
+        # float32: in bf16, 0.99 would be 0.98828125.
         if continuation is None:
-            discount = torch.full_like(seq["reward"], cfg.discount)
+            discount = torch.full_like(seq["reward"], cfg.discount, dtype=torch.float32)
         else:
-            discount = cfg.discount * continuation
+            discount = cfg.discount * continuation.float()
             if is_terminal is not None:
                 first = cfg.discount * (1.0 - is_terminal.float())
                 discount = torch.cat([first[:, None], discount[:, 1:]], 1)
@@ -215,7 +224,7 @@ class ActorCritic(nn.Module):
 
     def target(self, seq: dict[str, Tensor]) -> Tensor:
         """Lambda-returns [N, H] of steps 0..H-1, bootstrapped by the slow critic at step H."""
-        value = self.target_critic()(seq["feat"]).squeeze(-1)
+        value = self.target_critic()(seq["feat"]).squeeze(-1).float()
         return lambda_return(
             seq["reward"][:, :-1],
             value[:, :-1],
@@ -231,7 +240,7 @@ class ActorCritic(nn.Module):
         if cfg.actor_grad == "dynamics":
             objective = target[:, 1:]
         else:
-            baseline = self.target_critic()(seq["feat"][:, :-2]).squeeze(-1)
+            baseline = self.target_critic()(seq["feat"][:, :-2]).squeeze(-1).float()
             advantage = (target[:, 1:] - baseline).detach()
             objective = policy.log_prob(seq["action"][:, 1:-1].detach()) * advantage
         entropy = policy.entropy()
@@ -243,7 +252,7 @@ class ActorCritic(nn.Module):
         self, seq: dict[str, Tensor], target: Tensor
     ) -> tuple[Tensor, dict[str, float]]:
         """Unit-variance Normal NLL (no constant) of the returns under the critic, weighted."""
-        value = self.critic(seq["feat"][:, :-1].detach()).squeeze(-1)
+        value = self.critic(seq["feat"][:, :-1].detach()).squeeze(-1).float()
         loss = (0.5 * (value - target.detach()).pow(2) * seq["weight"][:, :-1]).mean()
         return loss, {"critic_loss": loss.item(), "critic_value": value.mean().item()}
 
@@ -258,7 +267,11 @@ class ActorCritic(nn.Module):
         intrinsic: Any = None,
     ) -> dict[str, float]:
         """One actor and one critic step from start states [N, ...] (detached here); the
-        ``intrinsic`` bonus of imagined states is added to their rewards (see ``imagine``)."""
+        ``intrinsic`` bonus of imagined states is added to their rewards (see ``imagine``).
+
+        Imagination and the losses run under the caller's autocast, if any; the backward passes
+        and optimiser steps run with autocast off.
+        """
         cfg = self.config
         start = {k: v.detach() for k, v in start.items()}
         with no_param_grads(model), no_param_grads(intrinsic):
@@ -269,12 +282,13 @@ class ActorCritic(nn.Module):
         actor_loss, metrics = self.actor_loss(seq, target)
         critic_loss, critic_metrics = self.critic_loss(seq, target)
         metrics.update(critic_metrics)
-        metrics["actor_grad_norm"] = apply_gradients(
-            actor_loss, actor_opt, self.actor.parameters(), cfg.grad_clip, accelerator
-        )
-        metrics["critic_grad_norm"] = apply_gradients(
-            critic_loss, critic_opt, self.critic.parameters(), cfg.grad_clip, accelerator
-        )
+        with autocast_off(actor_loss.device):
+            metrics["actor_grad_norm"] = apply_gradients(
+                actor_loss, actor_opt, self.actor.parameters(), cfg.grad_clip, accelerator
+            )
+            metrics["critic_grad_norm"] = apply_gradients(
+                critic_loss, critic_opt, self.critic.parameters(), cfg.grad_clip, accelerator
+            )
         metrics["imag_reward_mean"] = seq["reward"].mean().item()
         if "intrinsic" in seq:
             metrics["imag_intrinsic_mean"] = seq["intrinsic"][:, :-1].mean().item()

@@ -27,8 +27,9 @@ bonus and weights the two critics equally after normalising their returns; here 
 learns the sum of the standardised VIPER reward and the normalised bonus (beta 1), the same
 equal weighting in a single critic.
 
-All of it is batched tensor code. Projections, queues and normalisers are buffers, so they are
-saved and restored with the module's state dict.
+All of it is batched tensor code, in float32 also under a caller's bf16 autocast (distances
+between nearby projections would not survive bf16 rounding). Projections, queues and
+normalisers are buffers, so they are saved and restored with the module's state dict.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from apv_hub.config import IntrinsicConfig
-from apv_hub.nets import MLP
+from apv_hub.nets import MLP, autocast_off
 
 
 def stream_normalise(values: Tensor, magnitude: Tensor, config: IntrinsicConfig) -> Tensor:
@@ -113,13 +114,14 @@ class VideoIntrinsicBonus(nn.Module):
 
         Mutates the queue and the normaliser: call once per replay batch.
         """
-        af_feat = af_feat.detach().float()
-        windows = self.window_average(af_feat)
-        batch, steps = windows.shape[:2]
-        vectors = (windows @ self.projection).reshape(batch * steps, -1)
-        self.push(vectors)
-        raw = self.knn_distance(vectors)
-        bonus = self.normalise(raw).reshape(batch, steps)
+        with autocast_off(af_feat.device):
+            af_feat = af_feat.detach().float()
+            windows = self.window_average(af_feat)
+            batch, steps = windows.shape[:2]
+            vectors = (windows @ self.projection).reshape(batch * steps, -1)
+            self.push(vectors)
+            raw = self.knn_distance(vectors)
+            bonus = self.normalise(raw).reshape(batch, steps)
         metrics = {
             "bonus_raw_mean": raw.mean().item(),
             "bonus_mean": bonus.mean().item(),
@@ -181,4 +183,4 @@ class DisagreementBonus(nn.Module):
         disagreement = preds.float().std(0).mean(-1)
         bonus = stream_normalise(disagreement, self.norm_mag, self.config)
         bonus = torch.cat([bonus, bonus.new_zeros(len(bonus), 1)], 1)
-        return self.config.beta * bonus.to(seq["feat"].dtype)
+        return self.config.beta * bonus  # float32, like every reward of imagination

@@ -5,6 +5,13 @@ A state is a dict of tensors:
     stoch  [B, stoch, classes]   one-hot sample z (straight-through gradients)
     logits [B, stoch, classes]   logits of the distribution z was drawn from
 
+The priors that filtering (``observe``, ``obs_step``) returns beside the posteriors hold
+``deter`` and ``logits`` only: the losses need the prior's distribution, never a draw from it.
+
+Every state tensor is float32, also under bf16 autocast: the networks' matmuls run in bf16 there,
+but the distributions' parameters (logits), their sampling, softmax, KL and entropy, and the
+recurrent state stay in float32, as in the released code.
+
 Sequences stack the same keys along a time axis: [B, T, ...]. ``action_dim=0`` gives the
 action-free RSSM of APV's pre-training; the action-conditional RSSM of fine-tuning is the same
 class with ``action_dim > 0``.
@@ -16,8 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from apv_hub.errors import NonFiniteError
-from apv_hub.nets import GRUCell, activation
+from apv_hub.nets import GRUCell, activation, autocast_dtype
 
 State = dict[str, Tensor]
 
@@ -26,30 +32,42 @@ def stack_states(states: list[State], dim: int = 1) -> State:
     return {k: torch.stack([s[k] for s in states], dim) for k in states[0]}
 
 
-def sample_one_hot(logits: Tensor, sample: bool = True) -> Tensor:
-    """One-hot draw (or mode) of categoricals [..., classes] with straight-through gradients."""
-    probs = logits.softmax(-1)
+def gumbel_noise(shape: tuple[int, ...], device: torch.device | str = "cpu") -> Tensor:
+    """Standard Gumbel noise -log(-log(u)), u ~ U[0, 1), float32 [*shape].
+
+    float32's uniform draws are multiples of 2^-24: the noise is truncated at about 16.6 above,
+    and u = 0 (probability 2^-24) gives -inf, a class that this draw never picks.
+    """
+    return torch.rand(shape, device=device).log_().neg_().log_().neg_()
+
+
+def sample_one_hot(logits: Tensor, sample: bool = True, noise: Tensor | None = None) -> Tensor:
+    """One-hot draw (or mode) of categoricals [..., classes] with straight-through gradients.
+
+    A draw is argmax(logits + Gumbel noise), the Gumbel-max trick: distributed as
+    softmax(logits), in a few elementwise kernels instead of ``torch.multinomial``'s many.
+    ``noise`` [..., classes] is Gumbel noise drawn beforehand (``observe`` draws a whole
+    sequence's at once); without it, it is drawn here. The gradient is the straight-through one:
+    one_hot + probs - sg(probs). Float32 whatever the dtype of ``logits``.
+    """
+    logits = logits.float()
     if sample:
-        try:
-            index = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1)
-        except RuntimeError as e:
-            # multinomial refuses non-finite probabilities; only then is the check paid for.
-            if bool(torch.isfinite(logits).all()):
-                raise
-            raise NonFiniteError(
-                "non-finite logits reached the latent sampler (the weights have diverged)"
-            ) from e
-        index = index.reshape(probs.shape[:-1])
+        noise = gumbel_noise(logits.shape, logits.device) if noise is None else noise
+        index = (logits + noise).argmax(-1, keepdim=True)
     else:
-        index = probs.argmax(-1)
-    one_hot = F.one_hot(index, probs.shape[-1]).to(probs.dtype)
+        index = logits.argmax(-1, keepdim=True)
+    probs = logits.softmax(-1)
+    one_hot = torch.zeros_like(probs).scatter_(-1, index, 1.0)
     return one_hot + probs - probs.detach()
 
 
 def categorical_kl(lhs_logits: Tensor, rhs_logits: Tensor) -> Tensor:
     """KL(lhs || rhs) of independent categoricals [..., stoch, classes], summed over latents."""
-    lhs = lhs_logits.float().log_softmax(-1)
-    rhs = rhs_logits.float().log_softmax(-1)
+    return _kl_of_log_probs(lhs_logits.float().log_softmax(-1), rhs_logits.float().log_softmax(-1))
+
+
+def _kl_of_log_probs(lhs: Tensor, rhs: Tensor) -> Tensor:
+    """KL(lhs || rhs) from log-probabilities [..., stoch, classes], summed over latents."""
     return (lhs.exp() * (lhs - rhs)).sum((-2, -1))
 
 
@@ -110,17 +128,73 @@ class RSSM(nn.Module):
         return torch.cat([stoch, state["deter"]], -1)
 
     def _logits(self, x: Tensor) -> Tensor:
-        return x.reshape(*x.shape[:-1], self.stoch, self.classes)
+        """A head's output [..., stoch * classes] -> float32 logits [..., stoch, classes]."""
+        return x.reshape(*x.shape[:-1], self.stoch, self.classes).float()
+
+    def _deter_step(self, deter: Tensor, stoch: Tensor, action: Tensor | None) -> Tensor:
+        """h_t = GRU(h_{t-1}, z_{t-1}, a_{t-1}): deter [B, deter], stoch [B, stoch, classes]."""
+        x = stoch.flatten(-2)
+        if self.action_dim:
+            x = torch.cat([x, action], -1)
+        return self.gru(self.img_in(x), deter)
+
+    def prior_logits(self, deter: Tensor) -> Tensor:
+        """Logits of p(z_t | h_t): deter [..., deter] -> float32 [..., stoch, classes]."""
+        return self._logits(self.img_out(deter))
+
+    def _posterior_weights(self) -> tuple[Tensor, Tensor]:
+        """The posterior's first layer, split into the columns that read deter and embed.
+
+        The layer reads concat(deter, embed); its embed share is computed for a whole sequence
+        before the loop over time, the deter share step by step. Under autocast the weight is
+        cast once here, not at every step (autocast caches casts of parameters, not of slices).
+        """
+        weight = self.obs_out[0].weight
+        dtype = autocast_dtype(weight.device)
+        if dtype is not None:
+            weight = weight.to(dtype)
+        return weight.split([self.deter, self.embed_dim], 1)
+
+    def _embed_share(self, embed: Tensor, weight: Tensor) -> Tensor:
+        """The embed columns' part of the posterior's first layer (with its bias) [..., hidden]."""
+        return F.linear(embed, weight, self.obs_out[0].bias)
+
+    def _post_step(
+        self,
+        prev: State,
+        prev_action: Tensor | None,
+        keep: Tensor,
+        embed_share: Tensor,
+        deter_weight: Tensor,
+        noise: Tensor | None,
+    ) -> State:
+        """One posterior step q(z_t | h_t, e_t) from the previous state [B, ...].
+
+        keep [B, 1]: 0 where an episode starts (the previous state and action are zeroed there),
+        else 1. embed_share [B, hidden] and deter_weight from ``_embed_share`` /
+        ``_posterior_weights``. noise [B, stoch, classes]: Gumbel noise of the draw; None takes
+        the mode.
+        """
+        deter = prev["deter"] * keep
+        stoch = prev["stoch"] * keep[..., None]
+        if self.action_dim:
+            prev_action = prev_action * keep
+        deter = self._deter_step(deter, stoch, prev_action)
+        hidden = self.obs_out[1](torch.addmm(embed_share, deter, deter_weight.t()))
+        logits = self._logits(self.obs_out[2](hidden))
+        stoch = sample_one_hot(logits, noise is not None, noise)
+        return {"deter": deter, "stoch": stoch, "logits": logits}
+
+    def _noise(self, lead: tuple[int, ...], device: torch.device, sample: bool) -> Tensor | None:
+        """Gumbel noise [*lead, stoch, classes] for posterior draws, or None for modes."""
+        return gumbel_noise((*lead, self.stoch, self.classes), device) if sample else None
 
     def img_step(
         self, prev: State, prev_action: Tensor | None = None, sample: bool = True
     ) -> State:
         """One prior step: p(z_t | h_t), h_t = GRU(h_{t-1}, z_{t-1}, a_{t-1})."""
-        x = prev["stoch"].flatten(-2)
-        if self.action_dim:
-            x = torch.cat([x, prev_action], -1)
-        deter = self.gru(self.img_in(x), prev["deter"])
-        logits = self._logits(self.img_out(deter))
+        deter = self._deter_step(prev["deter"], prev["stoch"], prev_action)
+        logits = self.prior_logits(deter)
         return {"deter": deter, "stoch": sample_one_hot(logits, sample), "logits": logits}
 
     def obs_step(
@@ -134,16 +208,15 @@ class RSSM(nn.Module):
         """One filtering step -> (posterior q(z_t | h_t, e_t), prior p(z_t | h_t)).
 
         Where ``is_first`` [B] is set, the previous state and action are zeroed so that an episode
-        boundary inside a batch starts from the initial state.
+        boundary inside a batch starts from the initial state. The prior holds ``deter`` and
+        ``logits`` only: nothing is drawn from it.
         """
-        keep = (~is_first).to(embed.dtype)
-        prev = {k: v * keep.reshape(-1, *[1] * (v.dim() - 1)) for k, v in prev.items()}
-        if self.action_dim:
-            prev_action = prev_action * keep[:, None]
-        prior = self.img_step(prev, prev_action, sample)
-        logits = self._logits(self.obs_out(torch.cat([prior["deter"], embed], -1)))
-        post = {"deter": prior["deter"], "stoch": sample_one_hot(logits, sample), "logits": logits}
-        return post, prior
+        keep = (~is_first).float()[:, None]
+        deter_weight, embed_weight = self._posterior_weights()
+        embed_share = self._embed_share(embed, embed_weight)
+        noise = self._noise(embed.shape[:1], embed.device, sample)
+        post = self._post_step(prev, prev_action, keep, embed_share, deter_weight, noise)
+        return post, {"deter": post["deter"], "logits": self.prior_logits(post["deter"])}
 
     def observe(
         self,
@@ -157,7 +230,12 @@ class RSSM(nn.Module):
 
         embed [B, T, E]; action [B, T, A], where action[:, t] is the action that led to step t;
         is_first [B, T] bool; state: the state before step 0 (default: initial).
-        Returns posterior and prior states, each [B, T, ...].
+        Returns posterior [B, T, ...] and prior states [B, T, ...]; the prior holds ``deter``
+        and ``logits`` only (nothing is drawn from it).
+
+        Only what depends on the previous step runs in the loop over time: the embedding's share
+        of the posterior is one matmul over all steps before it, as is the posteriors' Gumbel
+        noise, and the prior head is one after it.
         """
         batch, length = embed.shape[:2]
         if self.action_dim and action is None:
@@ -165,13 +243,20 @@ class RSSM(nn.Module):
         if is_first is None:
             is_first = torch.zeros(batch, length, dtype=torch.bool, device=embed.device)
         state = self.initial(batch, embed.device) if state is None else state
-        posts, priors = [], []
+        keep = (~is_first).float()[..., None]
+        deter_weight, embed_weight = self._posterior_weights()
+        embed_share = self._embed_share(embed, embed_weight)
+        noise = self._noise((batch, length), embed.device, sample)
+        posts = []
         for t in range(length):
             act_t = action[:, t] if self.action_dim else None
-            state, prior = self.obs_step(state, act_t, embed[:, t], is_first[:, t], sample)
+            noise_t = noise[:, t] if sample else None
+            state = self._post_step(
+                state, act_t, keep[:, t], embed_share[:, t], deter_weight, noise_t
+            )
             posts.append(state)
-            priors.append(prior)
-        return stack_states(posts), stack_states(priors)
+        post = stack_states(posts)
+        return post, {"deter": post["deter"], "logits": self.prior_logits(post["deter"])}
 
     def imagine(
         self,
@@ -205,15 +290,15 @@ class RSSM(nn.Module):
 
         The first term trains the prior towards the posterior, the second regularises the
         posterior. ``free`` nats are not penalised, applied to the batch mean (``free_avg``) or
-        per step. Returns (loss, KL value [B, T]).
+        per step. Returns (loss, KL value [B, T], detached). Both terms have the same value; one
+        log-softmax of each side serves both.
         """
-        value = categorical_kl(post["logits"], prior["logits"])
-        train_prior = categorical_kl(post["logits"].detach(), prior["logits"])
-        train_post = categorical_kl(post["logits"], prior["logits"].detach())
+        post_logp = post["logits"].float().log_softmax(-1)
+        prior_logp = prior["logits"].float().log_softmax(-1)
+        train_prior = _kl_of_log_probs(post_logp.detach(), prior_logp)
+        train_post = _kl_of_log_probs(post_logp, prior_logp.detach())
+        value = train_prior.detach()
         if free_avg:
             train_prior, train_post = train_prior.mean(), train_post.mean()
-        floor = torch.tensor(free, device=value.device)
-        loss = balance * torch.maximum(train_prior, floor) + (1 - balance) * torch.maximum(
-            train_post, floor
-        )
+        loss = balance * train_prior.clamp_min(free) + (1 - balance) * train_post.clamp_min(free)
         return loss.mean(), value

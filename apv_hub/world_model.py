@@ -278,10 +278,10 @@ class APVWorldModel(nn.Module):
             # The windowed bonus exists for the first T' = T - window + 1 steps only.
             steps = intrinsic.shape[1]
             reward, feat = reward[:, :steps] + intrinsic, feat[:, :steps]
-        pred = self.reward_head(feat).squeeze(-1)
+        pred = self.predict_reward(feat)
         losses["reward"] = 0.5 * (pred - reward).pow(2).mean()
         if self.continuation_head is not None:
-            logits = self.continuation_head(obs.feat).squeeze(-1)
+            logits = self.continuation_head(obs.feat).squeeze(-1).float()
             target = 1.0 - batch["is_terminal"].float()
             losses["continuation"] = F.binary_cross_entropy_with_logits(logits, target)
         total = sum(scales[name] * value for name, value in losses.items())
@@ -302,14 +302,15 @@ class APVWorldModel(nn.Module):
         return self.rssm.img_step(state, action)
 
     def predict_reward(self, feat: Tensor) -> Tensor:
-        """Features [..., feat_dim] -> predicted (extrinsic + beta * bonus) reward [...]."""
-        return self.reward_head(feat).squeeze(-1)
+        """Features [..., feat_dim] -> predicted (extrinsic + beta * bonus) reward [...] (fp32)."""
+        return self.reward_head(feat).squeeze(-1).float()
 
     def predict_continuation(self, feat: Tensor) -> Tensor | None:
-        """Features [..., feat_dim] -> probability the episode goes on [...], or None (no head)."""
+        """Features [..., feat_dim] -> probability the episode goes on [...] (float32), or None
+        (no head)."""
         if self.continuation_head is None:
             return None
-        return torch.sigmoid(self.continuation_head(feat).squeeze(-1))
+        return torch.sigmoid(self.continuation_head(feat).squeeze(-1).float())
 
     # Acting: one filtering step ----------------------------------------------------------------
 

@@ -102,7 +102,7 @@ def video_model_case() -> dict[str, Tensor]:
 
 def world_model_case(variant: str) -> dict[str, Tensor]:
     """APVWorldModel.loss of ``variant`` (with the bonus where it has one)."""
-    agent = _agent(variant)
+    agent = build_agent(variant)
     batch = frames_and_batch(agent.config)
     torch.manual_seed(1)
     loss, obs, metrics = agent.world_model.loss(batch, agent.bonus)
@@ -115,7 +115,7 @@ def world_model_case(variant: str) -> dict[str, Tensor]:
 
 def agent_update_case(variant: str) -> dict[str, Tensor]:
     """Two full APVAgent.update steps of ``variant``: metrics, then every parameter's stats."""
-    agent = _agent(variant)
+    agent = build_agent(variant)
     optimizers = make_optimizers(agent)
     out: dict[str, Tensor] = {}
     torch.manual_seed(1)
@@ -135,7 +135,7 @@ EXTRA = {
 }
 
 
-def _agent(variant: str) -> APVAgent:
+def build_agent(variant: str) -> APVAgent:
     torch.manual_seed(0)
     base, world_model = EXTRA.get(variant, (variant, {}))
     config = AgentConfig.preset("tiny", base, world_model=world_model)
