@@ -25,7 +25,7 @@ from apv_hub.behavior import ActorCritic, lambda_return
 from apv_hub.config import VARIANTS, AgentConfig, APVConfig
 from apv_hub.video_model import APVVideoModel
 from apv_hub.world_model import APVWorldModel
-from tests.agent_helpers import ACTION_DIM, random_batch, single_thread  # noqa: F401
+from tests.agent_helpers import ACTION_DIM, random_batch
 from tests.golden import EXTRA, build_agent, frames_and_batch
 
 LOSS_RTOL = 2e-2

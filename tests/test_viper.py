@@ -4,7 +4,6 @@ reward learned from real Meta-world expert videos that ranks episodes like the t
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -21,14 +20,6 @@ from apv_hub.viper import (
 )
 from apv_hub.viper.tokenizer import codebook_stats, preprocess
 from apv_hub.weights import CheckpointError
-
-
-@pytest.fixture(autouse=True)
-def single_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def random_tokens(b: int, t: int, grid: int = 4, codes: int = 64, seed: int = 0) -> torch.Tensor:
