@@ -12,9 +12,3 @@ class ApvHubError(Exception):
     """An error caused by the input (arguments, files, data, a diverging run), not a bug."""
 
     exit_code = 1
-
-
-class NonFiniteError(ApvHubError, FloatingPointError):
-    """Non-finite or exploding values: the model diverged. Model code raises it where a
-    computation receives non-finite inputs; the run layer (`apv_hub.training.run`) stops the run
-    with the step and the last checkpoint."""

@@ -31,7 +31,7 @@ from apv_hub.training.commands import finetune_main as main
 from apv_hub.training.configs import FinetuneConfig
 from apv_hub.training.finetune import finetune
 from apv_hub.training.logging import CurveWriter
-from apv_hub.training.run import NonFiniteError
+from apv_hub.training.run import DivergenceError
 from apv_hub.weights import load_tensors
 from tests.finetune_helpers import SLIDE_ENV, save_tiny_video_model, slide_config
 
@@ -229,7 +229,7 @@ def test_non_finite_losses_are_reported_skipped_and_stop_the_run(tmp_path: Path)
     )
     with (
         pytest.warns(UserWarning, match="non-finite .*reward_loss"),
-        pytest.raises(NonFiniteError, match=r"3 non-finite step\(s\) in a row"),
+        pytest.raises(DivergenceError, match=r"3 non-finite step\(s\) in a row"),
     ):
         finetune(config, tmp_path / "run")
 

@@ -169,9 +169,8 @@ class Finetuner:
         try:
             while counters.env_steps < cfg.total_env_steps:
                 before = counters.env_steps
-                with self.run.divergence_stop(self._where):
-                    obs, policy_state = self._collect(obs, policy_state)
-                    self._train()
+                obs, policy_state = self._collect(obs, policy_state)
+                self._train()
                 if crossed(before, counters.env_steps, cfg.log_every):
                     self._log(bar)
                 if crossed(before, counters.env_steps, cfg.eval_every):
@@ -254,10 +253,6 @@ class Finetuner:
         finite = not any(k.endswith("grad_norm") for k in bad)
         where = f"update {self.agent.num_updates} at {self.counters.env_steps} env steps"
         self.guard.observe(finite, where, f"{', '.join(bad)} non-finite", run.checkpoint)
-
-    def _where(self) -> str:
-        updates, steps = self.agent.num_updates, self.counters.env_steps
-        return f"at {steps} env steps, after {updates} update(s)"
 
     # Records -------------------------------------------------------------------------------
 

@@ -165,7 +165,6 @@ class Pretrainer:
         bar = run.progress_bar(cfg.steps, self.step, "pre-training")
         window = MetricWindow()
         batches = iter(self._loader()) if self.step < cfg.steps else iter(())
-        where = lambda: f"training step {self.step + 1} (of {cfg.steps})"
         try:
             while self.step < cfg.steps:
                 fetch = time.perf_counter()
@@ -173,8 +172,7 @@ class Pretrainer:
                 frames = batch["frames"].to(run.device, non_blocking=True)
                 window.data_seconds += time.perf_counter() - fetch
                 self._note_batch(batch)
-                with run.divergence_stop(where):
-                    self._train_step(frames, window)
+                self._train_step(frames, window)
                 bar.update(1)
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                     row = self._log(window)

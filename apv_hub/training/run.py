@@ -21,10 +21,10 @@ the rest:
 - resume (`resume_config`: only schedule and output fields may change; `Run.restore`: the newest
   checkpoint that loads, falling back to older ones when newer are damaged, and saying so);
 - RNG state per process (torch, CUDA and the trainer's numpy generators) in every checkpoint;
-- the non-finite policy (`NonFiniteGuard`) and divergence (`Run.watch`, `Run.divergence_stop`:
-  huge or non-finite weights, checked at every log row and before every checkpoint, and
-  non-finite values met inside the model stop the run with the step and the last checkpoint; no
-  checkpoint is ever written from diverged weights);
+- the non-finite policy (`NonFiniteGuard`: non-finite losses and gradient norms skip the step,
+  too many in a row stop the run) and divergence (`Run.watch`: huge or non-finite weights,
+  checked at every log row and before every checkpoint, stop the run with the step and the last
+  checkpoint; no checkpoint is ever written from diverged weights);
 - recoveries (`Run.recover`: a damaged checkpoint skipped on resume, a replaced environment
   worker, a skipped corrupt video), printed or logged when they happen and listed in
   ``summary.json``;
@@ -46,7 +46,7 @@ import resource
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -57,7 +57,7 @@ from torch import Tensor, nn
 
 from apv_hub.cli import command_line
 from apv_hub.config_base import Config, ConfigError, option
-from apv_hub.errors import ApvHubError, NonFiniteError
+from apv_hub.errors import ApvHubError
 from apv_hub.hub import PushError
 from apv_hub.io import json_ready, write_json
 from apv_hub.seeding import load_rng_state, save_rng_state
@@ -93,10 +93,9 @@ class RunLockedError(ApvHubError):
     """Another process is writing the run folder."""
 
 
-class DivergenceError(NonFiniteError):
+class DivergenceError(ApvHubError, FloatingPointError):
     """A run stopped because training diverged: the message names the step and the last
-    checkpoint (non-finite steps in a row, huge or non-finite weights, non-finite values met
-    inside the model)."""
+    checkpoint (non-finite steps in a row, huge or non-finite weights)."""
 
 
 def divergence_advice(checkpoint: Path | None) -> str:
@@ -617,18 +616,6 @@ class Run:
             f"training diverged at {self.step_name} {step}: {detail}; no checkpoint was written "
             f"from these weights; {divergence_advice(self.checkpoint)}"
         )
-
-    @contextlib.contextmanager
-    def divergence_stop(self, where: Callable[[], str]) -> Iterator[None]:
-        """Turn a `NonFiniteError` raised inside (e.g. non-finite logits reaching the latent
-        sampler) into a `DivergenceError` naming ``where()`` (the step) and the last
-        checkpoint."""
-        try:
-            yield
-        except DivergenceError:
-            raise
-        except NonFiniteError as e:
-            raise DivergenceError(f"{where()}: {e}; {divergence_advice(self.checkpoint)}") from None
 
     # Records -----------------------------------------------------------------------------------
 
