@@ -233,6 +233,8 @@ class Finetuner:
         if counters.train_start is None:
             if counters.policy_steps < cfg.prefill or counters.policy_steps == 0:
                 return
+            if not self.replay.can_sample(cfg.agent.seq_len):
+                return  # Sequences come from finished episodes only: wait for the first one.
             counters.train_start = counters.policy_steps
             todo = cfg.pretrain_updates
         else:
