@@ -90,15 +90,26 @@ def test_the_loop_keeps_the_schedule(tmp_path: Path) -> None:
     periodic = [acts for acts, _ in agent.update_log[3:]]
     assert periodic == [7 * k for k in range(1, 11) for _ in range(2)]
     assert agent.explore_acts == 100 - 30
-    # Evaluations at 50 and 100 env steps, 2 deterministic episodes of 20 steps each.
+    # Evaluations as the release: when prefill ends (30 env steps, after the pretrain updates)
+    # and every 50 env steps after it (80), then at the end (100); 2 episodes of 20 steps each.
     rows = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert [(r["env_steps"], r["updates"], r["eval_episodes"]) for r in rows] == [
-        (50, 3 + 2 * 2, 2),
+        (30, 3, 2),
+        (80, 3 + 2 * 7, 2),
         (100, 23, 2),
     ]
-    assert agent.eval_acts == 2 * 2 * 20
+    assert agent.eval_acts == 3 * 2 * 20
     # Checkpoints wait for the episode boundary after each multiple of 30 env steps.
     assert [s for s, _ in list_checkpoints(tmp_path / "run" / "checkpoints")] == [40, 60, 100]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert [r["env_steps"] for r in metrics] == [25, 50, 75, 100]
     assert [r["progress/updates"] for r in metrics] == [0, 7, 15, 23]
+
+
+def test_a_run_config_from_before_eval_from_prefill_keeps_its_schedule(tmp_path: Path) -> None:
+    config = FinetuneConfig.preset("tiny", "dreamerv2", env=SLIDE_ENV)
+    data = config.to_dict()
+    del data["eval_from_prefill"]
+    old = FinetuneConfig.from_dict(data, complete=True)
+    assert not old.eval_from_prefill and old.first_eval == old.eval_every
+    assert config.eval_from_prefill and config.first_eval == config.prefill * config.action_repeat

@@ -173,7 +173,9 @@ class Finetuner:
                 self._train()
                 if crossed(before, counters.env_steps, cfg.log_every):
                     self._log(bar)
-                if crossed(before, counters.env_steps, cfg.eval_every):
+                # Evaluation points: first_eval + k * eval_every env steps (k >= 0).
+                first, now = cfg.first_eval, counters.env_steps
+                if now >= first and crossed(before - first, now - first, cfg.eval_every):
                     self._evaluate()
                 self._maybe_checkpoint(before, obs)
                 bar.update(counters.env_steps - before)
