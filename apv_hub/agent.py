@@ -26,7 +26,7 @@ from apv_hub.config import AgentConfig, ConfigError
 from apv_hub.hub import SafetensorsHubMixin
 from apv_hub.intrinsic import DisagreementBonus, VideoIntrinsicBonus
 from apv_hub.io import write_json
-from apv_hub.nets import autocast_off
+from apv_hub.nets import autocast_off, keras_init_
 from apv_hub.optim import (
     OPTIMIZERS_FILE,
     apply_gradients,
@@ -88,6 +88,10 @@ class APVAgent(nn.Module, SafetensorsHubMixin, **AGENT_METADATA):
             else None
         )
         self.behavior = ActorCritic(self.world_model.feat_dim, action_dim, config.behavior)
+        if config.init == "keras":
+            # Every part here is fresh; from_video_model then copies the pre-trained ones in.
+            keras_init_(self)
+            self.behavior.sync_slow_critic()
 
     @classmethod
     def from_video_model(
