@@ -252,12 +252,15 @@ class APVAgent(nn.Module, SafetensorsHubMixin, **AGENT_METADATA):
         obs: dict[str, Any],
         state: dict[str, Tensor] | None = None,
         explore: bool = True,
+        state_mean: bool = False,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Actions for N environments -> (actions [N, A] in [-1, 1], new state).
 
         obs: ``image`` uint8 [N, C, H, W] and ``is_first`` bool [N] (default: True when
-        ``state`` is None, else False). ``explore=False`` is deterministic: latent modes and the
-        actor's mode.
+        ``state`` is None, else False). ``explore=True`` samples the actor, ``explore=False``
+        takes its mode. The latent state is sampled in both, as the release evaluates
+        (``eval_state_mean: False``); ``state_mean=True`` takes its mode instead, which makes
+        ``explore=False`` deterministic.
         """
         image = torch.as_tensor(obs["image"], device=self.device)
         vc = self.config.video
@@ -274,7 +277,7 @@ class APVAgent(nn.Module, SafetensorsHubMixin, **AGENT_METADATA):
         is_first = torch.as_tensor(is_first, device=self.device).bool().reshape(n)
         state = self.initial_state(n) if state is None else state
         latent, feat = self.world_model.obs_step(
-            state, state["action"], image, is_first, sample=explore
+            state, state["action"], image, is_first, sample=not state_mean
         )
         policy = self.behavior.actor(feat)
         action = policy.sample() if explore else policy.mode

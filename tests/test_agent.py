@@ -89,14 +89,19 @@ def test_act_shapes_range_determinism_and_resets() -> None:
     action, state = agent.act({"image": frames}, None, explore=True)
     assert action.shape == (5, ACTION_DIM) and action.abs().max() <= 1
     assert set(state) == {"deter", "stoch", "logits", "af_deter", "af_stoch", "af_logits", "action"}
-    # explore=False is deterministic given the observation and state.
-    greedy1, s1 = agent.act({"image": frames}, state, explore=False)
-    greedy2, s2 = agent.act({"image": frames}, state, explore=False)
+    # explore=False with state_mean is deterministic given the observation and state.
+    greedy1, s1 = agent.act({"image": frames}, state, explore=False, state_mean=True)
+    greedy2, s2 = agent.act({"image": frames}, state, explore=False, state_mean=True)
     assert torch.equal(greedy1, greedy2) and torch.equal(s1["deter"], s2["deter"])
+    assert torch.equal(s1["stoch"], s2["stoch"])
+    # Without it the latent state is sampled, as the release evaluates.
+    _, s3 = agent.act({"image": frames}, state, explore=False)
+    _, s4 = agent.act({"image": frames}, state, explore=False)
+    assert not torch.equal(s3["stoch"], s4["stoch"])
     # is_first restarts an environment from the initial state, whatever state is passed.
     first = torch.ones(5, dtype=torch.bool)
-    fresh, _ = agent.act({"image": frames, "is_first": first}, None, explore=False)
-    reset, _ = agent.act({"image": frames, "is_first": first}, s1, explore=False)
+    fresh, _ = agent.act({"image": frames, "is_first": first}, None, False, state_mean=True)
+    reset, _ = agent.act({"image": frames, "is_first": first}, s1, False, state_mean=True)
     torch.testing.assert_close(fresh, reset)
     with pytest.raises(ValueError, match="uint8"):
         agent.act({"image": frames.float()})

@@ -11,7 +11,9 @@ import torch
 from torch import nn
 
 from apv_hub.training.checkpoint import list_checkpoints
+from apv_hub.envs import EnvPool
 from apv_hub.training.configs import FinetuneConfig
+from apv_hub.training.factories import make_env_pool
 from apv_hub.training.finetune import Finetuner
 from apv_hub.weights import save_tensors
 from tests.finetune_helpers import SLIDE_ENV
@@ -81,8 +83,22 @@ def test_the_loop_keeps_the_schedule(tmp_path: Path) -> None:
         agents.append(CountingAgent(action_dim))
         return agents[-1]
 
-    Finetuner(config, tmp_path / "run", make_agent=make_agent, progress=False).train()
+    pools: list[EnvPool] = []
+    resets: list[list[int]] = []  # Seeds of every reset of the evaluation pool.
+
+    def make_pool(config: FinetuneConfig, seed: int, num: int) -> EnvPool:
+        pools.append(make_env_pool(config, seed, num))
+        if len(pools) == 2:  # The evaluation pool, made at the first evaluation.
+            reset = pools[-1].reset
+            pools[-1].reset = lambda seeds=None: resets.append(list(seeds)) or reset(seeds)
+        return pools[-1]
+
+    Finetuner(
+        config, tmp_path / "run", make_agent=make_agent, make_pool=make_pool, progress=False
+    ).train()
     [agent] = agents
+    # Each of the 3 evaluations runs 2 episodes on fresh seeds, as the release's fresh goals.
+    assert len(resets) == 6 and len({seed for seeds in resets for seed in seeds}) == 6
 
     # Prefill: 30 random policy steps, no exploring acts; then the 3 "pretrain" updates at once.
     assert agent.update_log[:3] == [(0, (3, 5))] * 3

@@ -295,7 +295,9 @@ class Finetuner:
     def _evaluate(self, record_in_checkpoint: bool = True) -> None:
         """Deterministic episodes split over the ranks; the main process records the score."""
         cfg, run = self.config, self.run
-        seeds = [episode_seed(cfg.seed, i) for i in range(cfg.eval_episodes)]
+        # Fresh seeds (Meta-world: object and goal positions) every round, as the release.
+        env_steps = self.counters.env_steps
+        seeds = [episode_seed(cfg.seed, i, evaluation=env_steps) for i in range(cfg.eval_episodes)]
         mine = seeds[self.rank :: self.world]
         results: list[EpisodeResult] = []
         if mine:
