@@ -10,8 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from apv_hub.training.checkpoint import list_checkpoints
 from apv_hub.envs import EnvPool
+from apv_hub.training.checkpoint import list_checkpoints
 from apv_hub.training.configs import FinetuneConfig
 from apv_hub.training.factories import make_env_pool
 from apv_hub.training.finetune import Finetuner
