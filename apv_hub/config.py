@@ -116,6 +116,9 @@ class APVConfig(Config):
         "small": dict(cnn_depth=16, deter=200, hidden=200, stoch=16, classes=16),
         # The released APV model (about 25.9M parameters).
         "paper": dict(),
+        # The released model with the release's DMC pre-training settings (Triped-walk videos,
+        # convert's dmc_vision_pretrain): KL scale 1, free nats 1, clips of 50 frames.
+        "paper_dmc": dict(kl_scale=1.0, free_nats=1.0, seq_len=50),
     }
     LEGACY: ClassVar[dict[str, Any]] = {"layer_norm_eps": 1e-5, "gru_bias": False, "init": "torch"}
 
