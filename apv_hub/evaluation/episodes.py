@@ -78,19 +78,20 @@ def run_episodes(
     """Run one evaluation episode per seed on ``pool``'s environments, ``pool.num_envs`` at a
     time; the first ``record`` episodes keep their frames.
 
-    The latent states are sampled (module docstring) from torch's generator seeded by
-    ``seeds``, inside `torch.random.fork_rng`: the same seeds give the same episodes, and the
-    caller's random state (a training run's) is not consumed. Slots without an episode of their
-    own in the last round run a throwaway episode.
+    The latent states are sampled (module docstring) from torch's generator, seeded by each
+    round's seeds inside `torch.random.fork_rng`: the same seeds and ``num_envs`` give the same
+    episodes, and the caller's random state (a training run's) is not consumed. Slots without
+    an episode of their own in the last round run a throwaway episode.
     """
     results: list[EpisodeResult] = []
     n = pool.num_envs
     cuda = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=cuda):
-        torch.manual_seed(int(np.random.SeedSequence(list(seeds)).generate_state(1)[0]))
         for start in range(0, len(seeds), n):
             chunk = list(seeds[start : start + n])
             padded = chunk + [chunk[-1]] * (n - len(chunk))
+            # Seeded per round: an episode's draws depend on its round's seeds only.
+            torch.manual_seed(int(np.random.SeedSequence(padded).generate_state(1)[0]))
             keep = max(0, min(record - start, len(chunk)))
             results += _run_round(agent, pool, padded, len(chunk), keep)
     return results
