@@ -26,7 +26,7 @@ from apv_hub.config import AgentConfig, ConfigError
 from apv_hub.hub import SafetensorsHubMixin
 from apv_hub.intrinsic import DisagreementBonus, VideoIntrinsicBonus
 from apv_hub.io import write_json
-from apv_hub.nets import autocast_off
+from apv_hub.nets import autocast_off, keras_init_
 from apv_hub.optim import (
     OPTIMIZERS_FILE,
     apply_gradients,
@@ -88,6 +88,10 @@ class APVAgent(nn.Module, SafetensorsHubMixin, **AGENT_METADATA):
             else None
         )
         self.behavior = ActorCritic(self.world_model.feat_dim, action_dim, config.behavior)
+        if config.init == "keras":
+            # Every part here is fresh; from_video_model then copies the pre-trained ones in.
+            keras_init_(self)
+            self.behavior.sync_slow_critic()
 
     @classmethod
     def from_video_model(
@@ -179,7 +183,8 @@ class APVAgent(nn.Module, SafetensorsHubMixin, **AGENT_METADATA):
         batch: image uint8 [B, T, C, H, W], action float [B, T, A] (action[t] led to obs t),
         reward [B, T], is_first / is_last / is_terminal bool [B, T]. Steps: world-model loss
         (reward target = reward + beta * bonus), a model step (the encoder and action-free RSSM
-        held during the first ``freeze_pretrained_updates``), then an actor and a critic step on
+        at learning rate 0 during the first ``freeze_pretrained_updates``, their Adam moments
+        still accumulating, as in the release), then an actor and a critic step on
         rollouts imagined from every posterior state of the batch.
 
         Under bf16 autocast (a trainer may wrap the whole call in ``accelerator.autocast()``),
@@ -190,7 +195,11 @@ class APVAgent(nn.Module, SafetensorsHubMixin, **AGENT_METADATA):
         batch = {k: batch[k].to(self.device, non_blocking=True) for k in BATCH_KEYS if k in batch}
         wm_cfg = self.config.world_model
         frozen = self.num_updates < wm_cfg.freeze_pretrained_updates
-        hold = self.world_model.pretrained_parameters() if frozen else []
+        groups = optimizers["model"].param_groups
+        if len(groups) == 2:
+            # The release's freeze: learning rate 0 for the pre-trained group while its Adam
+            # moments keep accumulating.
+            groups[0]["lr"] = 0.0 if frozen else wm_cfg.lr
         loss, obs, metrics = self.world_model.loss(batch, self.bonus)
         with autocast_off(self.device):
             metrics["model_grad_norm"] = apply_gradients(
@@ -199,7 +208,6 @@ class APVAgent(nn.Module, SafetensorsHubMixin, **AGENT_METADATA):
                 self.world_model.parameters(),
                 wm_cfg.grad_clip,
                 accelerator,
-                hold,
             )
         if self.disagreement is not None:
             ensemble_loss, ensemble_metrics = self.disagreement.loss(
@@ -244,12 +252,15 @@ class APVAgent(nn.Module, SafetensorsHubMixin, **AGENT_METADATA):
         obs: dict[str, Any],
         state: dict[str, Tensor] | None = None,
         explore: bool = True,
+        state_mean: bool = False,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Actions for N environments -> (actions [N, A] in [-1, 1], new state).
 
         obs: ``image`` uint8 [N, C, H, W] and ``is_first`` bool [N] (default: True when
-        ``state`` is None, else False). ``explore=False`` is deterministic: latent modes and the
-        actor's mode.
+        ``state`` is None, else False). ``explore=True`` samples the actor, ``explore=False``
+        takes its mode. The latent state is sampled in both, as the release evaluates
+        (``eval_state_mean: False``); ``state_mean=True`` takes its mode instead, which makes
+        ``explore=False`` deterministic.
         """
         image = torch.as_tensor(obs["image"], device=self.device)
         vc = self.config.video
@@ -266,7 +277,7 @@ class APVAgent(nn.Module, SafetensorsHubMixin, **AGENT_METADATA):
         is_first = torch.as_tensor(is_first, device=self.device).bool().reshape(n)
         state = self.initial_state(n) if state is None else state
         latent, feat = self.world_model.obs_step(
-            state, state["action"], image, is_first, sample=explore
+            state, state["action"], image, is_first, sample=not state_mean
         )
         policy = self.behavior.actor(feat)
         action = policy.sample() if explore else policy.mode
@@ -330,12 +341,26 @@ class APVAgent(nn.Module, SafetensorsHubMixin, **AGENT_METADATA):
 
 def make_optimizers(agent: APVAgent) -> dict[str, torch.optim.Optimizer]:
     """Adam optimisers (L2 weight decay) for ``model``, ``actor`` and ``critic`` (REFERENCE 2),
-    and ``intrinsic`` for a disagreement ensemble (DreamerV2's Plan2Explore settings)."""
+    and ``intrinsic`` for a disagreement ensemble (DreamerV2's Plan2Explore settings).
+
+    A stacked world model's optimiser has two parameter groups, the release's two optimisers
+    (REFERENCE 2b): group 0 the pre-trained part (encoder + action-free RSSM), group 1 the rest
+    (action-conditional RSSM, decoder, heads); `apply_gradients` clips each at ``grad_clip``.
+    Both are in the world model's parameter order, so an optimiser saved with one group loads.
+    """
     wm, bc = agent.config.world_model, agent.config.behavior
     groups = agent.parameter_groups()
+    model_params: list[dict[str, Any]] = [{"params": groups["model"]}]
+    if agent.world_model.af_rssm is not None:
+        pretrained = agent.world_model.pretrained_parameters()
+        ids = {id(p) for p in pretrained}
+        model_params = [
+            {"params": pretrained},
+            {"params": [p for p in groups["model"] if id(p) not in ids]},
+        ]
     optimizers = {
         "model": torch.optim.Adam(
-            groups["model"], lr=wm.lr, eps=wm.adam_eps, weight_decay=wm.weight_decay
+            model_params, lr=wm.lr, eps=wm.adam_eps, weight_decay=wm.weight_decay
         ),
         "actor": torch.optim.Adam(
             groups["actor"], lr=bc.actor_lr, eps=bc.adam_eps, weight_decay=bc.weight_decay

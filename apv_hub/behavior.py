@@ -173,6 +173,10 @@ class ActorCritic(nn.Module):
         # slow_target_update (DreamerV2 counts before incrementing, so update 0 copies).
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
 
+    def sync_slow_critic(self) -> None:
+        """Copy the critic's weights into the slow critic (after re-initialising the critic)."""
+        self.slow_critic.load_state_dict(self.critic.state_dict())
+
     def target_critic(self) -> nn.Module:
         return self.slow_critic if self.config.slow_target else self.critic
 

@@ -271,6 +271,7 @@ A world-model agent from APV (Seo et al., ICML 2022): variant `{cfg.variant()}`.
   parameters; {agent.num_updates} updates done
 - Action dimension: {agent.action_dim}
 {finetune_section(agent.training_info.get("finetune"))}
+{deviations_section()}
 ## Usage
 
 ```python
@@ -290,6 +291,38 @@ action, state = agent.act(obs, state=None, explore=False)   # [1, {agent.action_
 ```
 """
     return ModelCard(f"---\n{header.to_yaml()}\n---\n{body}")
+
+
+# Where apv-hub knowingly differs from the released APV code (REFERENCE section 2b); the README's
+# "Fidelity to the release" lists the same, and every agent card carries them.
+RELEASE_DEVIATIONS: tuple[str, ...] = (
+    "Meta-world: Gymnasium Meta-world v3 tasks on MuJoCo 3, where the release used v2 tasks on "
+    "mujoco-py (metaworld commit a0009ed); task code and physics differ, so success rates "
+    "compare in ordering, not digit for digit.",
+    "DMC: today's dm_control and MuJoCo, not the release's versions; the physics may differ "
+    "in detail (not measured here).",
+    "Mixed precision: bf16 autocast where the GPU supports it (fp32 on CPU), where the release "
+    "used float16 with loss scaling; distribution parameters and lambda-returns stay float32 "
+    "in both.",
+    "Weight decay: 1e-6 added to the gradient (Adam's L2), where the release shrinks every "
+    "weight by (1 - 1e-6) per step; the difference is negligible.",
+    "Random draws: the same distributions (Gumbel-max categorical latents, truncated-normal "
+    "actions) from PyTorch's generators, so no run reproduces a TensorFlow run's numbers.",
+    "Replay: episodes shorter than the sequence length are stored (and counted against the "
+    "capacity) but never sampled, where the release does not store them.",
+)
+
+
+def deviations_section() -> str:
+    """The card section listing `RELEASE_DEVIATIONS`."""
+    items = "\n".join(f"- {item}" for item in RELEASE_DEVIATIONS)
+    return f"""## Known deviations from the released APV code
+
+Replay, optimisers, initialisation, budgets and evaluation follow the release (the apv-hub
+README, "Fidelity to the release"). What remains different:
+
+{items}
+"""
 
 
 def intrinsic_line(intrinsic: Any) -> str:

@@ -27,6 +27,8 @@ __all__ = [
 # Keys that a model's config.json holds beside the config fields: written by the library.
 METADATA_KEYS = ("model_type", "apv_hub_version", "training")
 ACTIVATIONS = ("elu", "relu", "silu", "tanh")
+# Initialisation of freshly built models: the release's Keras defaults, or PyTorch's.
+INITS = ("keras", "torch")
 # What the action-conditional RSSM observes: the action-free features (Meta-world), or the encoder
 # embedding concatenated with them (DMC).
 AC_INPUTS = ("af_feat", "embed_af_feat")
@@ -77,15 +79,21 @@ class APVConfig(Config):
     act: str = option("elu", f"activation: one of {', '.join(ACTIVATIONS)}")
     gru_layer_norm: bool = option(True, "layer norm over the GRU's gates")
     layer_norm_eps: float = option(
-        1e-5,
-        "epsilon of the GRU's layer norm; the release (Keras) uses 1e-3, PyTorch's 1e-5 is what "
-        "apv-hub checkpoints without this field were trained with",
+        1e-3,
+        "epsilon of the GRU's layer norm: 1e-3 as the release (Keras); apv-hub checkpoints "
+        "without this field were trained with PyTorch's 1e-5",
     )
     gru_bias: bool = option(
-        False,
-        "a bias in the GRU's gate layer although layer norm follows it: the release (Keras Dense) "
-        "has one, which layer norm does not cancel; apv-hub checkpoints without this field had "
+        True,
+        "a bias in the GRU's gate layer although layer norm follows it, as the release's Keras "
+        "Dense has (layer norm does not cancel it); apv-hub checkpoints without this field had "
         "none (without layer norm the gate layer always has a bias)",
+    )
+    init: str = option(
+        "keras",
+        f"initialisation of a freshly built model: one of {', '.join(INITS)} (keras: the "
+        "release's glorot-uniform weights and zero biases; torch: PyTorch's defaults, what "
+        "apv-hub models without this field were built with)",
     )
     image_loss_scale: float = option(1.0, "weight of the image log-likelihood")
     kl_scale: float = option(0.1, "weight of the balanced KL(posterior || prior)")
@@ -108,10 +116,14 @@ class APVConfig(Config):
         "small": dict(cnn_depth=16, deter=200, hidden=200, stoch=16, classes=16),
         # The released APV model (about 25.9M parameters).
         "paper": dict(),
+        # The released model with the release's DMC pre-training settings (Triped-walk videos,
+        # convert's dmc_vision_pretrain): KL scale 1, free nats 1, clips of 50 frames.
+        "paper_dmc": dict(kl_scale=1.0, free_nats=1.0, seq_len=50),
     }
-    LEGACY: ClassVar[dict[str, Any]] = {"layer_norm_eps": 1e-5, "gru_bias": False}
+    LEGACY: ClassVar[dict[str, Any]] = {"layer_norm_eps": 1e-5, "gru_bias": False, "init": "torch"}
 
     def validate(self) -> None:
+        check_choice("init", self.init, INITS)
         check_positive(self, "image_size", "cnn_depth", "deter", "hidden", "stoch", "classes")
         check_positive(self, "batch_size", "seq_len", "layer_norm_eps")
         check_unit_interval(self, "kl_balance")
@@ -267,10 +279,18 @@ class AgentConfig(Config):
     intrinsic: IntrinsicConfig = option(factory=IntrinsicConfig, help="the video-based bonus")
     batch_size: int = option(50, "replay sequences per update (Meta-world 50, DMC 16)")
     seq_len: int = option(50, "steps per replay sequence")
+    init: str = option(
+        "keras",
+        f"initialisation of the parts built fresh (action-conditional RSSM, decoder and heads "
+        f"where not transferred, actor, critic, ensemble): one of {', '.join(INITS)} (see "
+        "video.init)",
+    )
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}  # AGENT_PRESETS, below.
+    LEGACY: ClassVar[dict[str, Any]] = {"init": "torch"}
 
     def validate(self) -> None:
+        check_choice("init", self.init, INITS)
         check_positive(self, "batch_size", "seq_len")
         video_bonus = self.intrinsic.enabled and self.intrinsic.kind == "video"
         if video_bonus and not self.world_model.stacked:

@@ -11,7 +11,8 @@ action-free features. For action-free features of replay sequences [B, T, D]:
 5. divide by a running mean of |bonus| (DreamerV2's StreamNorm: updated first, then applied);
 6. scale by beta.
 
-The world model adds it to the reward head's target on replay.
+The world model adds it to the reward head's target on replay. Replay sequences lie within one
+episode (`apv_hub.replay`), so no window averages the features of two episodes.
 
 ``DisagreementBonus`` (Plan2Explore, Sekar et al. 2020; VIPER's exploration,
 ``kind="disagreement"``): ``ensemble`` one-step MLPs each predict the next posterior stochastic

@@ -15,6 +15,19 @@ from torch import Tensor, nn
 from apv_hub.config import APVConfig
 
 
+def keras_init_(module: nn.Module) -> nn.Module:
+    """Keras's defaults on every dense and (transposed) conv layer of ``module``, in place:
+    glorot-uniform weights (U(+-sqrt(6 / (fan_in + fan_out))), fans over the receptive field)
+    and zero biases, as the release builds its networks; PyTorch's own defaults are
+    kaiming-uniform-like weights and non-zero biases. Layer norms keep weight 1 and bias 0."""
+    for layer in module.modules():
+        if isinstance(layer, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.xavier_uniform_(layer.weight)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+    return module
+
+
 def activation(name: str) -> nn.Module:
     return {"elu": nn.ELU, "relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh}[name]()
 

@@ -32,9 +32,12 @@ def apply_gradients(
     params: Iterable[nn.Parameter],
     clip: float,
     accelerator: Any = None,
-    hold: Iterable[nn.Parameter] = (),
 ) -> float:
-    """Backward, drop the gradients of ``hold`` params, clip the norm, step -> the norm.
+    """Backward, clip, step -> the gradient norm.
+
+    Each of the optimiser's parameter groups is clipped to ``clip`` on its own, as the release
+    clips each of its separate optimisers (the world model's two groups, REFERENCE 2b); the
+    returned norm is that of all the gradients together, before clipping.
 
     With an ``accelerator`` (accelerate.Accelerator), its ``backward`` and ``clip_grad_norm_``
     are used, so mixed precision and gradient scaling work as configured there; with several
@@ -49,12 +52,11 @@ def apply_gradients(
         accelerator.backward(loss)
     else:
         loss.backward()
-    for p in hold:
-        p.grad = None
     if accelerator is not None and accelerator.num_processes > 1:
         average_gradients(params, accelerator)
     clip_fn = accelerator.clip_grad_norm_ if accelerator is not None else nn.utils.clip_grad_norm_
-    norm = float(clip_fn(params, clip))
+    norms = [float(clip_fn(group["params"], clip)) for group in optimizer.param_groups]
+    norm = math.sqrt(sum(n * n for n in norms))
     if math.isfinite(norm):
         optimizer.step()
     else:
@@ -123,12 +125,26 @@ def load_optimizers(
         groups = saved[name]["param_groups"]
         sizes = [len(g["params"]) for g in groups]
         own = [len(g["params"]) for g in opt.param_groups]
+        if len(sizes) == 1 < len(own) and sizes[0] == sum(own):
+            groups = split_group(groups[0], own)  # Saved before the groups were split.
+            sizes = own
         if sizes != own:
             raise CheckpointError(
                 f"optimiser {name!r} in {source} has parameter groups of sizes {sizes}, this "
                 f"agent's has {own}: the checkpoint is from another architecture"
             )
         opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def split_group(group: dict[str, Any], sizes: list[int]) -> list[dict[str, Any]]:
+    """One saved parameter group -> consecutive groups of ``sizes`` parameters with its
+    hyperparameters: loads an optimiser saved with one group into one that has several, when
+    their concatenation is the old parameter order (the world model's, see `make_adam` users)."""
+    groups, start = [], 0
+    for size in sizes:
+        groups.append({**group, "params": group["params"][start : start + size]})
+        start += size
+    return groups
 
 
 def save_optimizer_state(folder: Path, optimizers: Mapping[str, torch.optim.Optimizer]) -> None:

@@ -6,11 +6,21 @@ the ``[N, ...]`` observations of `apv_hub.envs.EnvPool`). A step is a dict in th
 action that led to this observation; zeros on the first step), ``reward`` float32, ``is_first``,
 ``is_last``, ``is_terminal`` bool, and optionally other scalars such as ``success``.
 
-Sampling treats all stored steps as one ring: finished episodes oldest first, then the episodes
-still being collected. A sequence starts at a uniformly drawn step and runs on for ``T`` steps,
-crossing into the next episode when one ends (that episode's first step has ``is_first=True``, so
-the world model resets its state there, as in DreamerV2). Every stored step is equally likely to
-start a sequence.
+Sampling follows the released DreamerV2/APV replay (``replay: {ongoing: False, minlen: T,
+maxlen: T, prioritize_ends: True}``): a sequence of ``T`` steps is one slice of one *finished*
+episode, so it never crosses an episode boundary, and its first step is marked ``is_first`` (the
+world model starts its state there). The episode is drawn uniformly among the finished ones
+(not weighted by length); the slice's start index ``i`` is then drawn as
+``min(randint(0, L - T + 1 + T), L - T)`` for an episode of ``L`` steps, so the slice that ends
+at the episode's last step gets ``T + 1`` of the ``L + 1`` draws (about 10% for Meta-world's
+501 steps and T = 50): episode ends, where Meta-world's successes happen, are sampled more
+often. ``prioritize_ends=False`` draws the start uniformly in ``[0, L - T]``.
+
+Short episodes: the release drops an episode of fewer than ``T`` transitions (``L - 1 < T``)
+when it is added. Here the sequence length is a sampling argument, so such episodes are kept
+(they count towards the capacity and are written to ``directory``) but never sampled; episodes
+still being collected are never sampled either. `can_sample` says whether a sequence length
+can be served yet (a trainer waits for it after prefill).
 
 Capacity is in steps: when exceeded, whole finished episodes are evicted oldest first.
 
@@ -98,12 +108,14 @@ class Episode:
 
 
 class ReplayBuffer:
-    """Episodes of pixel observations; samples ``[B, T]`` sequences uniformly.
+    """Episodes of pixel observations; samples ``[B, T]`` sequences within finished episodes.
 
     Args:
         capacity: maximum stored steps; the oldest finished episodes are evicted beyond it.
         directory: if given, every finished episode is also written there as an APV npz file.
         seed: seed of the sampling generator (its state is saved with the buffer).
+        prioritize_ends: draw slices ending at an episode's last step more often, as the
+            release does (module docstring).
 
     Example:
         >>> replay = ReplayBuffer(capacity=1_000_000, directory="runs/ft/episodes", seed=0)
@@ -114,13 +126,19 @@ class ReplayBuffer:
     """
 
     def __init__(
-        self, capacity: int, *, directory: str | Path | None = None, seed: int = 0
+        self,
+        capacity: int,
+        *,
+        directory: str | Path | None = None,
+        seed: int = 0,
+        prioritize_ends: bool = True,
     ) -> None:
         if capacity < 1:
             raise ReplayError(f"capacity must be >= 1 step, got {capacity}")
         self.capacity = capacity
         self.directory = Path(directory) if directory is not None else None
         self.rng = np.random.default_rng(seed)
+        self.prioritize_ends = prioritize_ends
         self.episodes: list[Episode] = []  # Finished, oldest first.
         self.ongoing: dict[int, Episode] = {}  # Per stream, episodes still being collected.
         self.steps_added = 0
@@ -194,25 +212,38 @@ class ReplayBuffer:
         self._on_finished(self.episodes[-1])
         self._evict()
 
+    def can_sample(self, seq_len: int) -> bool:
+        """Whether some finished episode holds a ``seq_len``-step sequence (module docstring)."""
+        return any(_eligible(episode, seq_len) for episode in self.episodes)
+
     def sample(
         self, batch_size: int, seq_len: int, device: str | torch.device | None = None
     ) -> dict[str, np.ndarray] | dict[str, torch.Tensor]:
-        """``batch_size`` sequences of ``seq_len`` steps: ``{key: [B, T, ...]}``.
+        """``batch_size`` sequences of ``seq_len`` steps, each within one finished episode:
+        ``{key: [B, T, ...]}`` with ``is_first[:, 0]`` True and nowhere else.
 
         ``image`` is uint8 ``[B, T, 3, H, W]``, ``action`` float32 ``[B, T, A]``, ``reward``
         float32 ``[B, T]``, flags bool ``[B, T]``. Numpy arrays, or torch tensors on ``device``.
         """
-        chunks = self._chunks()
-        total = sum(len(c["reward"]) for c in chunks)
-        if total < seq_len:
-            raise ReplayError(f"replay holds {total} steps, fewer than seq_len={seq_len}")
-        ends = np.cumsum([len(c["reward"]) for c in chunks])
-        starts = self.rng.integers(0, total, size=batch_size)
-        batch = {key: [] for key in chunks[0]}
-        for start in starts:
-            for key, value in _read(chunks, ends, int(start), seq_len).items():
-                batch[key].append(value)
+        episodes = [e.arrays() for e in self.episodes if _eligible(e, seq_len)]
+        if not episodes:
+            longest = max((len(e) for e in self.episodes), default=0)
+            raise ReplayError(
+                f"replay holds no finished episode longer than seq_len={seq_len} steps "
+                f"({len(self.episodes)} finished, the longest {longest} steps; "
+                f"{len(self.ongoing)} still being collected): collect more before sampling"
+            )
+        batch: dict[str, list[np.ndarray]] = {key: [] for key in episodes[0]}
+        for choice in self.rng.integers(0, len(episodes), size=batch_size):
+            episode = episodes[choice]
+            total = len(episode["reward"])
+            upper = total - seq_len + 1 + (seq_len if self.prioritize_ends else 0)
+            start = min(int(self.rng.integers(0, upper)), total - seq_len)
+            for key, value in episode.items():
+                batch[key].append(value[start : start + seq_len])
         out = {key: np.stack(values) for key, values in batch.items()}
+        out["is_first"] = np.zeros_like(out["is_first"])
+        out["is_first"][:, 0] = True
         if device is None:
             return out
         return {key: torch.from_numpy(value).to(device) for key, value in out.items()}
@@ -331,26 +362,10 @@ class ReplayBuffer:
             self._size -= len(self.episodes.pop(0))
             self.episodes_evicted += 1
 
-    def _chunks(self) -> list[dict[str, np.ndarray]]:
-        episodes = self.episodes + [self.ongoing[s] for s in sorted(self.ongoing)]
-        return [e.arrays() for e in episodes if len(e)]
 
-
-def _read(
-    chunks: list[dict[str, np.ndarray]], ends: np.ndarray, start: int, length: int
-) -> dict[str, np.ndarray]:
-    """``length`` steps of the ring of ``chunks`` from global index ``start`` (wrapping around)."""
-    total = int(ends[-1])
-    pieces: dict[str, list[np.ndarray]] = {key: [] for key in chunks[0]}
-    while length > 0:
-        index = int(np.searchsorted(ends, start, side="right"))
-        offset = start - (int(ends[index - 1]) if index else 0)
-        take = min(length, len(chunks[index]["reward"]) - offset)
-        for key, value in chunks[index].items():
-            pieces[key].append(value[offset : offset + take])
-        length -= take
-        start = (start + take) % total
-    return {key: np.concatenate(values) for key, values in pieces.items()}
+def _eligible(episode: Episode, seq_len: int) -> bool:
+    """The release keeps episodes of at least ``seq_len`` transitions (``seq_len + 1`` steps)."""
+    return len(episode) - 1 >= seq_len
 
 
 def episode_filename(length: int) -> str:

@@ -21,6 +21,7 @@ from apv_hub.nets import (
     ConvEncoder,
     check_image_geometry,
     image_nll,
+    keras_init_,
     postprocess,
     preprocess,
 )
@@ -68,6 +69,8 @@ class APVVideoModel(nn.Module, SafetensorsHubMixin, **VIDEO_MODEL_METADATA):
             gru_bias=config.gru_bias,
         )
         self.decoder = ConvDecoder(config, self.rssm.feat_dim)
+        if config.init == "keras":
+            keras_init_(self)
 
     @property
     def feat_dim(self) -> int:

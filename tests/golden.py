@@ -135,11 +135,12 @@ EXTRA = {
 }
 
 
-def build_agent(variant: str) -> APVAgent:
+def build_agent(variant: str, init: str = "keras") -> APVAgent:
+    """The tiny agent of ``variant``; ``init`` initialises its video model and fresh parts."""
     torch.manual_seed(0)
     base, world_model = EXTRA.get(variant, (variant, {}))
-    config = AgentConfig.preset("tiny", base, world_model=world_model)
-    video = APVVideoModel(config.video)
+    config = AgentConfig.preset("tiny", base, world_model=world_model, init=init)
+    video = APVVideoModel(config.video.override({"init": init}))
     torch.manual_seed(2)
     return APVAgent.from_video_model(video, config, ACTION_DIM)
 

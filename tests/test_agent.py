@@ -13,6 +13,7 @@ import torch
 
 from apv_hub.agent import TRAINING_STATE_NAME, APVAgent, make_optimizers
 from apv_hub.config import VARIANTS, AgentConfig
+from apv_hub.optim import apply_gradients, flatten_optimizers, load_optimizers
 from apv_hub.video_model import APVVideoModel
 from apv_hub.weights import CheckpointError
 from tests.agent_helpers import ACTION_DIM, changed, random_batch, snapshot
@@ -88,14 +89,19 @@ def test_act_shapes_range_determinism_and_resets() -> None:
     action, state = agent.act({"image": frames}, None, explore=True)
     assert action.shape == (5, ACTION_DIM) and action.abs().max() <= 1
     assert set(state) == {"deter", "stoch", "logits", "af_deter", "af_stoch", "af_logits", "action"}
-    # explore=False is deterministic given the observation and state.
-    greedy1, s1 = agent.act({"image": frames}, state, explore=False)
-    greedy2, s2 = agent.act({"image": frames}, state, explore=False)
+    # explore=False with state_mean is deterministic given the observation and state.
+    greedy1, s1 = agent.act({"image": frames}, state, explore=False, state_mean=True)
+    greedy2, s2 = agent.act({"image": frames}, state, explore=False, state_mean=True)
     assert torch.equal(greedy1, greedy2) and torch.equal(s1["deter"], s2["deter"])
+    assert torch.equal(s1["stoch"], s2["stoch"])
+    # Without it the latent state is sampled, as the release evaluates.
+    _, s3 = agent.act({"image": frames}, state, explore=False)
+    _, s4 = agent.act({"image": frames}, state, explore=False)
+    assert not torch.equal(s3["stoch"], s4["stoch"])
     # is_first restarts an environment from the initial state, whatever state is passed.
     first = torch.ones(5, dtype=torch.bool)
-    fresh, _ = agent.act({"image": frames, "is_first": first}, None, explore=False)
-    reset, _ = agent.act({"image": frames, "is_first": first}, s1, explore=False)
+    fresh, _ = agent.act({"image": frames, "is_first": first}, None, False, state_mean=True)
+    reset, _ = agent.act({"image": frames, "is_first": first}, s1, False, state_mean=True)
     torch.testing.assert_close(fresh, reset)
     with pytest.raises(ValueError, match="uint8"):
         agent.act({"image": frames.float()})
@@ -213,3 +219,60 @@ def test_update_through_accelerate_prepared_optimizers() -> None:
     # Single process, fp32: the accelerate path computes exactly the plain update.
     assert metrics["model_loss"] == expected["model_loss"]
     assert_same_state(agent, reference)
+
+
+def test_each_parameter_group_is_clipped_on_its_own() -> None:
+    """The release clips its two world-model optimisers separately: a huge gradient in one
+    group must not shrink the other's."""
+    big, small = torch.nn.Parameter(torch.zeros(4)), torch.nn.Parameter(torch.zeros(4))
+    optimizer = torch.optim.SGD([{"params": [big]}, {"params": [small]}], lr=1.0)
+    loss = (big * 1000.0).sum() + (small * 0.5).sum()  # Gradient norms 2000 and 1.
+    norm = apply_gradients(loss, optimizer, [big, small], clip=100.0)
+    assert norm == pytest.approx(math.hypot(2000.0, 1.0))
+    torch.testing.assert_close(big.detach(), torch.full((4,), -50.0))  # Clipped to norm 100.
+    torch.testing.assert_close(small.detach(), torch.full((4,), -0.5))  # Untouched.
+
+
+def test_world_model_optimiser_has_the_release_groups() -> None:
+    agent = tiny_agent()
+    groups = make_optimizers(agent)["model"].param_groups
+    pretrained = agent.world_model.pretrained_parameters()
+    assert len(groups) == 2 and [id(p) for p in groups[0]["params"]] == [id(p) for p in pretrained]
+    rest = {id(p) for p in groups[1]["params"]}
+    for module in (agent.world_model.rssm, agent.world_model.decoder):
+        assert {id(p) for p in module.parameters()} <= rest
+    # The groups in the world model's own order: optimisers saved with one group still load.
+    assert [id(p) for g in groups for p in g["params"]] == [
+        id(p) for p in agent.world_model.parameters()
+    ]
+    assert len(make_optimizers(tiny_agent("dreamerv2"))["model"].param_groups) == 1
+
+
+def test_freeze_sets_lr_zero_while_adam_moments_accumulate() -> None:
+    agent = tiny_agent(world_model={"freeze_pretrained_updates": 2})
+    optimizers = make_optimizers(agent)
+    encoder = next(agent.world_model.encoder.parameters())
+    before = encoder.detach().clone()
+    for i in range(2):
+        agent.update(random_batch(agent.config, seed=i), optimizers)
+        assert optimizers["model"].param_groups[0]["lr"] == 0.0
+    assert torch.equal(encoder.detach(), before)
+    state = optimizers["model"].state[encoder]
+    assert int(state["step"]) == 2 and state["exp_avg"].abs().sum() > 0
+    agent.update(random_batch(agent.config, seed=5), optimizers)
+    assert optimizers["model"].param_groups[0]["lr"] == agent.config.world_model.lr
+    assert not torch.equal(encoder.detach(), before)
+
+
+def test_optimiser_saved_with_one_world_model_group_loads_into_two() -> None:
+    agent = tiny_agent()
+    wm = agent.config.world_model
+    old = torch.optim.Adam(agent.world_model.parameters(), lr=wm.lr, eps=wm.adam_eps)
+    loss = sum(p.float().square().sum() for p in agent.world_model.parameters())
+    apply_gradients(loss, old, agent.world_model.parameters(), clip=100.0)
+    tensors, meta = flatten_optimizers({"model": old})
+    new = {"model": make_optimizers(agent)["model"]}
+    load_optimizers(new, tensors, meta, source="old checkpoint")
+    assert [len(g["params"]) for g in new["model"].param_groups][0] > 0
+    for p in agent.world_model.parameters():
+        torch.testing.assert_close(new["model"].state[p]["exp_avg"], old.state[p]["exp_avg"])

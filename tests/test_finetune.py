@@ -50,7 +50,13 @@ def test_presets_reproduce_the_paper_settings() -> None:
     assert mw.pretrain_updates == mw.agent.world_model.freeze_pretrained_updates == 100
     assert mw.action_repeat == 1 and mw.agent.intrinsic.beta == 1.0
     dmc = FinetuneConfig.preset("dmc", env="dmc/quadruped-walk")
-    assert (dmc.total_env_steps, dmc.prefill, dmc.eval_episodes) == (502_000, 1000, 1)
+    # The release's 502K steps are policy steps: 1.004M env steps at action repeat 2, with
+    # evaluations at 2K, 22K, ..., 982K env steps and 100 "pretrain" updates.
+    assert (dmc.total_env_steps, dmc.prefill, dmc.eval_episodes) == (502_000 * 2, 1000, 1)
+    assert dmc.pretrain_updates == mw.pretrain_updates == 100
+    points = range(dmc.first_eval, dmc.total_env_steps, dmc.eval_every)
+    assert points[:3] == range(2000, 60_000, 20_000) and 982_000 in points
+    assert range(mw.first_eval, 250_000, mw.eval_every)[-1] == 245_000
     assert (dmc.agent.batch_size, dmc.agent.seq_len, dmc.action_repeat) == (16, 50, 2)
     assert dmc.agent.world_model.free_nats == 1.0
     assert dmc.agent.world_model.ac_input == "embed_af_feat"
@@ -132,9 +138,11 @@ def test_short_run_writes_checkpoint_curve_video_and_card(
     folder = out / "model"
     config = FinetuneConfig.load(out / "run_config.json")
     policy_steps_per_episode = options["episode_length"] // config.action_repeat
-    # The curve: one evaluation at 32 env steps, one at the end.
+    # The curve: evaluations when prefill ends (16 policy steps), every 32 env steps after, and
+    # at the end (64).
     rows = json.loads((out / "eval.json").read_text())
-    assert [r["env_steps"] for r in rows] == [32, 64]
+    points = set(range(16 * config.action_repeat, 64, 32)) | {64}
+    assert [r["env_steps"] for r in rows] == sorted(points)
     assert ("success_rate" in rows[0]) == success
     assert (out / "eval.csv").read_text().splitlines()[0].startswith("env_steps,updates")
     # The evaluation video: the single evaluation episode, every frame of it.
@@ -174,6 +182,8 @@ def test_resume_equals_the_uninterrupted_run(tmp_path: Path) -> None:
         "pretrain_updates": 3,
         "train_every": 10,
         "eval_every": 280,
+        # Evaluations at multiples of 280, where the first run stops (not from prefill's end).
+        "eval_from_prefill": False,
         "eval_episodes": 2,
         "checkpoint_every": 280,
         "log_every": 140,

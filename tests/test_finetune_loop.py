@@ -10,8 +10,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from apv_hub.envs import EnvPool
 from apv_hub.training.checkpoint import list_checkpoints
 from apv_hub.training.configs import FinetuneConfig
+from apv_hub.training.factories import make_env_pool
 from apv_hub.training.finetune import Finetuner
 from apv_hub.weights import save_tensors
 from tests.finetune_helpers import SLIDE_ENV
@@ -81,8 +83,22 @@ def test_the_loop_keeps_the_schedule(tmp_path: Path) -> None:
         agents.append(CountingAgent(action_dim))
         return agents[-1]
 
-    Finetuner(config, tmp_path / "run", make_agent=make_agent, progress=False).train()
+    pools: list[EnvPool] = []
+    resets: list[list[int]] = []  # Seeds of every reset of the evaluation pool.
+
+    def make_pool(config: FinetuneConfig, seed: int, num: int) -> EnvPool:
+        pools.append(make_env_pool(config, seed, num))
+        if len(pools) == 2:  # The evaluation pool, made at the first evaluation.
+            reset = pools[-1].reset
+            pools[-1].reset = lambda seeds=None: resets.append(list(seeds)) or reset(seeds)
+        return pools[-1]
+
+    Finetuner(
+        config, tmp_path / "run", make_agent=make_agent, make_pool=make_pool, progress=False
+    ).train()
     [agent] = agents
+    # Each of the 3 evaluations runs 2 episodes on fresh seeds, as the release's fresh goals.
+    assert len(resets) == 6 and len({seed for seeds in resets for seed in seeds}) == 6
 
     # Prefill: 30 random policy steps, no exploring acts; then the 3 "pretrain" updates at once.
     assert agent.update_log[:3] == [(0, (3, 5))] * 3
@@ -90,15 +106,26 @@ def test_the_loop_keeps_the_schedule(tmp_path: Path) -> None:
     periodic = [acts for acts, _ in agent.update_log[3:]]
     assert periodic == [7 * k for k in range(1, 11) for _ in range(2)]
     assert agent.explore_acts == 100 - 30
-    # Evaluations at 50 and 100 env steps, 2 deterministic episodes of 20 steps each.
+    # Evaluations as the release: when prefill ends (30 env steps, after the pretrain updates)
+    # and every 50 env steps after it (80), then at the end (100); 2 episodes of 20 steps each.
     rows = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert [(r["env_steps"], r["updates"], r["eval_episodes"]) for r in rows] == [
-        (50, 3 + 2 * 2, 2),
+        (30, 3, 2),
+        (80, 3 + 2 * 7, 2),
         (100, 23, 2),
     ]
-    assert agent.eval_acts == 2 * 2 * 20
+    assert agent.eval_acts == 3 * 2 * 20
     # Checkpoints wait for the episode boundary after each multiple of 30 env steps.
     assert [s for s, _ in list_checkpoints(tmp_path / "run" / "checkpoints")] == [40, 60, 100]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert [r["env_steps"] for r in metrics] == [25, 50, 75, 100]
     assert [r["progress/updates"] for r in metrics] == [0, 7, 15, 23]
+
+
+def test_a_run_config_from_before_eval_from_prefill_keeps_its_schedule(tmp_path: Path) -> None:
+    config = FinetuneConfig.preset("tiny", "dreamerv2", env=SLIDE_ENV)
+    data = config.to_dict()
+    del data["eval_from_prefill"]
+    old = FinetuneConfig.from_dict(data, complete=True)
+    assert not old.eval_from_prefill and old.first_eval == old.eval_every
+    assert config.eval_from_prefill and config.first_eval == config.prefill * config.action_repeat

@@ -63,6 +63,8 @@ def viper_config(reward_model: Path, **overrides) -> FinetuneConfig:
         "pretrain_updates": 2,
         "train_every": 10,
         "eval_every": 120,
+        # At the checkpoints (multiples of 120), not from prefill's end: resumes align.
+        "eval_from_prefill": False,
         "eval_episodes": 1,
         "checkpoint_every": 120,
         "log_every": 60,

@@ -10,6 +10,12 @@ from float32 by at most 0.5% (relative); gradients, which pass through more bf16
 1% (relative L2 per tensor). The bounds below (2% on losses, 5% on gradients) are 4-5 times the
 measured differences and still far below what a float32-only bug (a bf16 discount, bf16
 lambda-returns, a bf16 softmax) or a wrong loss term would cause.
+
+The models here keep PyTorch's initialisation (``init="torch"``), for which those figures were
+measured. bf16 rounding flips a few of the categorical latents' argmax draws (0.3-0.5% of them
+under either initialisation), and where a flip lands decides how far one update's actor loss
+moves: with the Keras initialisation and these seeds, dreamerv2's actor loss moved 13% and
+naive_finetune's 22% (torch: at most 0.3%), a sampling difference, not a float32-only bug.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ from apv_hub.world_model import APVWorldModel
 from tests.agent_helpers import ACTION_DIM, random_batch
 from tests.golden import EXTRA, build_agent, frames_and_batch
 
+# The initialisation the tolerances were measured with (module docstring).
+INIT = "torch"
 LOSS_RTOL = 2e-2
 GRAD_RTOL = 5e-2
 
@@ -50,7 +58,7 @@ def assert_close_rel(got: float, want: float, rtol: float, what: str) -> None:
 
 def video_model_step(enabled: bool) -> tuple[torch.Tensor, dict, dict[str, torch.Tensor]]:
     torch.manual_seed(0)
-    model = APVVideoModel(APVConfig.preset("tiny"))
+    model = APVVideoModel(APVConfig.preset("tiny", init=INIT))
     batch = frames_and_batch(AgentConfig.preset("tiny"))
     torch.manual_seed(1)
     with bf16(enabled):
@@ -79,7 +87,7 @@ def test_video_model_loss_and_backward_under_bf16_are_close_to_fp32() -> None:
 
 
 def agent_update(variant: str, enabled: bool) -> dict[str, float]:
-    agent = build_agent(variant)
+    agent = build_agent(variant, INIT)
     optimizers = make_optimizers(agent)
     torch.manual_seed(1)
     with bf16(enabled):

@@ -32,18 +32,12 @@ def fill(replay: ReplayBuffer, lengths: list[int], first_id: int = 0) -> None:
             replay.add(step(first_id + i, t, length))
 
 
-def check_sequence_consistency(batch: dict[str, np.ndarray]) -> int:
-    """Every sequence is made of runs of consecutive steps, new runs start at is_first."""
-    crossings = 0
+def check_within_episodes(batch: dict[str, np.ndarray]) -> None:
+    """Every sequence is consecutive steps of one episode; only its first step is is_first."""
     ids, rewards, first = batch["image"][:, :, 0, 0, 0], batch["reward"], batch["is_first"]
-    for b in range(len(ids)):
-        for t in range(1, ids.shape[1]):
-            if first[b, t]:
-                crossings += 1
-                assert rewards[b, t] == 0
-            else:
-                assert ids[b, t] == ids[b, t - 1] and rewards[b, t] == rewards[b, t - 1] + 1
-    return crossings
+    assert (ids == ids[:, :1]).all(), "a sequence spans two episodes"
+    np.testing.assert_array_equal(np.diff(rewards, axis=1), 1.0)
+    assert first[:, 0].all() and not first[:, 1:].any()
 
 
 def test_sample_shapes_dtypes_and_torch() -> None:
@@ -57,27 +51,47 @@ def test_sample_shapes_dtypes_and_torch() -> None:
         assert batch[flag].shape == (5, 7) and batch[flag].dtype == bool
     tensors = replay.sample(2, 4, device="cpu")
     assert tensors["image"].dtype == torch.uint8 and tensors["image"].shape == (2, 4, 3, 8, 8)
-    with pytest.raises(ReplayError, match="fewer than seq_len"):
-        replay.sample(1, 51)
+    with pytest.raises(ReplayError, match="no finished episode longer than seq_len=30"):
+        replay.sample(1, 30)  # 30 steps are 29 transitions: the release skips such episodes.
 
 
-def test_sequences_cross_episode_boundaries_with_is_first_and_cover_all_starts() -> None:
+def test_sequences_stay_within_one_episode_and_start_with_is_first() -> None:
     replay = ReplayBuffer(capacity=1000, seed=1)
-    lengths = [5, 9, 4]
-    fill(replay, lengths)
-    batch = replay.sample(400, 6)
-    assert check_sequence_consistency(batch) > 0
-    # Every stored step starts some sequence (uniform over a ring of 18 steps).
-    first_steps = np.stack([batch["image"][:, 0, 0, 0, 0], batch["reward"][:, 0]], 1)
-    starts = {(int(i), int(r)) for i, r in first_steps}
-    assert starts == {(e, t) for e, n in enumerate(lengths) for t in range(n)}
+    fill(replay, [5, 12, 9, 30])
+    batch = replay.sample(1000, 8)
+    check_within_episodes(batch)
+    # Episode 0 (4 transitions) is too short for 8-step slices; episode 2 (8) just fits.
+    assert set(np.unique(batch["image"][:, 0, 0, 0, 0])) == {1, 2, 3}
     # Flags are the stored ones, in particular is_terminal only on even episodes' last steps.
-    last = batch["is_last"] & ~batch["is_first"]
-    assert (batch["is_terminal"] <= last).all()
+    assert (batch["is_terminal"] <= batch["is_last"]).all()
 
 
-def test_parallel_streams_build_separate_episodes_and_ongoing_steps_are_sampled() -> None:
+def test_episodes_are_drawn_uniformly_not_by_length() -> None:
     replay = ReplayBuffer(capacity=1000, seed=2)
+    fill(replay, [11, 101])
+    ids = replay.sample(4000, 10)["image"][:, 0, 0, 0, 0]
+    assert abs((ids == 0).mean() - 0.5) < 0.03  # Length-weighted would give 11 / 112.
+
+
+@pytest.mark.parametrize("prioritize_ends", [True, False])
+def test_start_index_follows_the_release_end_prioritisation(prioritize_ends: bool) -> None:
+    """DreamerV2's rule for an episode of L steps and slices of T: with prioritize_ends the
+    start is min(randint(L - T + 1 + T), L - T), so the last slice gets T + 1 of L + 1 draws."""
+    length, seq_len, draws = 41, 10, 20_000
+    replay = ReplayBuffer(capacity=1000, seed=3, prioritize_ends=prioritize_ends)
+    fill(replay, [length])
+    starts = replay.sample(draws, seq_len)["reward"][:, 0].astype(int)
+    last = length - seq_len
+    counts = np.bincount(starts, minlength=last + 1) / draws
+    upper = last + 1 + (seq_len if prioritize_ends else 0)
+    expected = np.full(last + 1, 1 / upper)
+    expected[last] = (upper - last) / upper
+    # Binomial standard error of each frequency is below 0.0035; allow 4 of them.
+    np.testing.assert_allclose(counts, expected, atol=0.014)
+
+
+def test_ongoing_and_short_episodes_are_never_sampled() -> None:
+    replay = ReplayBuffer(capacity=1000, seed=4)
     for t in range(6):  # Two interleaved streams, as from EnvPool slots.
         replay.add_batch(
             {
@@ -88,9 +102,12 @@ def test_parallel_streams_build_separate_episodes_and_ongoing_steps_are_sampled(
     assert len(replay.episodes) == 1 and set(replay.ongoing) == {1}
     np.testing.assert_array_equal(replay.episodes[0].arrays()["reward"], np.arange(6))
     assert len(replay) == 12
+    assert replay.can_sample(5) and not replay.can_sample(6)
     batch = replay.sample(200, 3)
-    assert (batch["image"][:, :, 0, 0, 0] == 1).any()  # The ongoing episode is sampled too.
-    check_sequence_consistency(batch)
+    assert (batch["image"][:, :, 0, 0, 0] == 0).all()  # Not the ongoing episode 1.
+    check_within_episodes(batch)
+    with pytest.raises(ReplayError, match="1 still being collected"):
+        replay.sample(1, 6)
     with pytest.raises(ReplayError, match="is_first"):
         replay.add(step(5, 3, 10), stream=7)
     replay.add(step(2, 0, 10), stream=1)  # Stream 1 restarts: its episode ends truncated.

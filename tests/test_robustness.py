@@ -422,7 +422,7 @@ def test_f12_an_oversized_config_is_refused_from_the_header(video, tmp_path, run
     message, peak = result.stdout.strip().splitlines()
     assert message.startswith(
         f"{huge}: model.safetensors does not match the APVVideoModel its config.json describes "
-        "(6 difference(s)): | "
+        "(7 difference(s)): | "  # Six weights and the GRU's gate bias.
     )
     assert "shape of rssm.gru.linear.weight: checkpoint (192, 128), model (90000, 30064)" in (
         message

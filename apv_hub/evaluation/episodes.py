@@ -9,8 +9,12 @@ apv-evaluate --agent me/apv-drawer-open      # a Hub repo id; the environment th
                                              # fine-tuned on is the default
 ```
 
-Episodes are deterministic: the agent acts with ``explore=False`` (latent and action modes) and
-episode ``i`` starts from seed ``episode_seed(seed, i)``, so the same agent gets the same score.
+Episodes are reproducible: the agent acts as the release evaluates, with ``explore=False`` (the
+actor's mode) on sampled latent states, drawn from a torch generator seeded by the episodes'
+seeds (the caller's random state is left untouched); episode ``i`` starts from seed
+``episode_seed(seed, i)``, so the same agent gets the same score. A fine-tuning run evaluates on
+fresh seeds (fresh Meta-world object and goal positions) every evaluation round, as the release
+does: ``episode_seed(seed, i, evaluation=env_steps)``.
 The score (``score.json``) holds the mean return and, for environments that report ``success``
 (Meta-world), the success rate (an episode succeeds if ``success`` is reached at any step, as APV
 and DreamerV2 count it), each with its per-episode values and a 95% percentile-bootstrap
@@ -60,27 +64,36 @@ class EpisodeResult:
     frames: np.ndarray | None = None
 
 
-def episode_seed(seed: int, index: int) -> int:
-    """The environment seed of evaluation episode ``index`` of a run seeded ``seed``."""
-    return int(np.random.SeedSequence([seed, EVAL_STREAM, index]).generate_state(1)[0])
+def episode_seed(seed: int, index: int, evaluation: int | None = None) -> int:
+    """The environment seed of evaluation episode ``index`` of a run seeded ``seed``; with
+    ``evaluation`` (a trainer's evaluation point, its env steps) fresh seeds every round."""
+    key = [seed, EVAL_STREAM, index] + ([] if evaluation is None else [evaluation])
+    return int(np.random.SeedSequence(key).generate_state(1)[0])
 
 
 @torch.no_grad()
 def run_episodes(
     agent: APVAgent, pool: EnvPool, seeds: Sequence[int], record: int = 0
 ) -> list[EpisodeResult]:
-    """Run one deterministic episode per seed on ``pool``'s environments, ``pool.num_envs`` at a
+    """Run one evaluation episode per seed on ``pool``'s environments, ``pool.num_envs`` at a
     time; the first ``record`` episodes keep their frames.
 
-    Slots without an episode of their own in the last round run a throwaway episode.
+    The latent states are sampled (module docstring) from torch's generator, seeded by each
+    round's seeds inside `torch.random.fork_rng`: the same seeds and ``num_envs`` give the same
+    episodes, and the caller's random state (a training run's) is not consumed. Slots without
+    an episode of their own in the last round run a throwaway episode.
     """
     results: list[EpisodeResult] = []
     n = pool.num_envs
-    for start in range(0, len(seeds), n):
-        chunk = list(seeds[start : start + n])
-        padded = chunk + [chunk[-1]] * (n - len(chunk))
-        keep = max(0, min(record - start, len(chunk)))
-        results += _run_round(agent, pool, padded, len(chunk), keep)
+    cuda = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=cuda):
+        for start in range(0, len(seeds), n):
+            chunk = list(seeds[start : start + n])
+            padded = chunk + [chunk[-1]] * (n - len(chunk))
+            # Seeded per round: an episode's draws depend on its round's seeds only.
+            torch.manual_seed(int(np.random.SeedSequence(padded).generate_state(1)[0]))
+            keep = max(0, min(record - start, len(chunk)))
+            results += _run_round(agent, pool, padded, len(chunk), keep)
     return results
 
 

@@ -250,6 +250,12 @@ class FinetuneConfig(RunConfig):
     num_envs: int = option(1, "training environments per process")
     replay_capacity: int = option(1_000_000, "replay steps over all processes")
     eval_every: int = option(10_000, "environment steps between evaluations", resumable=True)
+    eval_from_prefill: bool = option(
+        True,
+        "evaluate when prefill ends and every eval_every env steps after it, as the release "
+        "does (DMC: 2K, 22K, ..., Meta-world: 5K, 15K, ...); false: at multiples of eval_every",
+        resumable=True,
+    )
     eval_episodes: int = option(10, "episodes per evaluation", resumable=True)
     eval_envs: int = option(1, "evaluation environments per process", resumable=True)
     video: bool = option(True, "write a video of each evaluation", resumable=True)
@@ -278,7 +284,12 @@ class FinetuneConfig(RunConfig):
         64, "variant viper: steps per environment scored in one reward-model call"
     )
 
-    LEGACY: ClassVar[dict[str, Any]] = {**RunConfig.LEGACY, "pretrained_revision": None}
+    # Runs saved before a field existed keep what they did then.
+    LEGACY: ClassVar[dict[str, Any]] = {
+        **RunConfig.LEGACY,
+        "pretrained_revision": None,
+        "eval_from_prefill": False,
+    }
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         # REFERENCE section 2, Meta-world: 256K steps, prefill 5000, 100 pretrain updates, 10
         # eval episodes (success rate).
@@ -290,12 +301,14 @@ class FinetuneConfig(RunConfig):
             eval_episodes=10,
             checkpoint_every=10_000,
         ),
-        # REFERENCE section 2, DMC: prefill 1000, one eval episode (action repeat 2).
+        # REFERENCE sections 2 and 2b, DMC: the release's `steps: 502000` counts policy steps,
+        # 1.004M env steps with action repeat 2; prefill 1000 policy steps; evaluation every
+        # 10K policy steps from the end of prefill (2K, 22K, ..., env steps); one eval episode.
         "dmc": dict(
-            total_env_steps=502_000,
+            total_env_steps=1_004_000,
             prefill=1000,
-            pretrain_updates=1,
-            eval_every=10_000,
+            pretrain_updates=100,
+            eval_every=20_000,
             eval_episodes=1,
             checkpoint_every=20_000,
         ),
@@ -349,6 +362,12 @@ class FinetuneConfig(RunConfig):
                 f"reward_model / reward_class replace the task reward of variant viper only; "
                 f"variant {self.variant} learns from the task reward"
             )
+
+    @property
+    def first_eval(self) -> int:
+        """Env steps of the first periodic evaluation: the end of prefill (``eval_from_prefill``,
+        the release's schedule) or ``eval_every``; later ones follow every ``eval_every``."""
+        return self.prefill * self.action_repeat if self.eval_from_prefill else self.eval_every
 
     @property
     def action_repeat(self) -> int:

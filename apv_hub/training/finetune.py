@@ -173,7 +173,9 @@ class Finetuner:
                 self._train()
                 if crossed(before, counters.env_steps, cfg.log_every):
                     self._log(bar)
-                if crossed(before, counters.env_steps, cfg.eval_every):
+                # Evaluation points: first_eval + k * eval_every env steps (k >= 0).
+                first, now = cfg.first_eval, counters.env_steps
+                if now >= first and crossed(before - first, now - first, cfg.eval_every):
                     self._evaluate()
                 self._maybe_checkpoint(before, obs)
                 bar.update(counters.env_steps - before)
@@ -233,6 +235,8 @@ class Finetuner:
         if counters.train_start is None:
             if counters.policy_steps < cfg.prefill or counters.policy_steps == 0:
                 return
+            if not self.replay.can_sample(cfg.agent.seq_len):
+                return  # Sequences come from finished episodes only: wait for the first one.
             counters.train_start = counters.policy_steps
             todo = cfg.pretrain_updates
         else:
@@ -291,7 +295,9 @@ class Finetuner:
     def _evaluate(self, record_in_checkpoint: bool = True) -> None:
         """Deterministic episodes split over the ranks; the main process records the score."""
         cfg, run = self.config, self.run
-        seeds = [episode_seed(cfg.seed, i) for i in range(cfg.eval_episodes)]
+        # Fresh seeds (Meta-world: object and goal positions) every round, as the release.
+        env_steps = self.counters.env_steps
+        seeds = [episode_seed(cfg.seed, i, evaluation=env_steps) for i in range(cfg.eval_episodes)]
         mine = seeds[self.rank :: self.world]
         results: list[EpisodeResult] = []
         if mine:

@@ -1,11 +1,11 @@
 """VIPER rewards for fine-tuning: steps enter the replay with the reward a frozen reward model
 gives their frames, the task reward kept beside it.
 
-`RewardRelabeller` stands in front of a `ReplayBuffer` (same ``add_batch`` / ``sample`` /
-``save`` / ``load`` / ``stats`` / ``len``): the steps of each environment stream wait in a
-pending segment; when a segment is full (``segment`` steps), an episode ends, a save comes or a
-sample would find too little, the pending steps of every stream are scored in one batched call
-and added to the replay, with
+`RewardRelabeller` stands in front of a `ReplayBuffer` (same ``add_batch`` / ``can_sample`` /
+``sample`` / ``save`` / ``load`` / ``stats`` / ``len``): the steps of each environment stream
+wait in a pending segment; when a segment is full (``segment`` steps), an episode ends, a save
+comes or a sample would find too little, the pending steps of every stream are scored in one
+batched call and added to the replay, with
 
 - ``reward``: the reward model's reward, standardised with its expert statistics
   (`VIPERRewardModel.score_tokens` with ``standardize=True``): what the world model's reward
@@ -91,6 +91,10 @@ class RewardRelabeller:
         longest = max(len(p) for p in self.pending.values())
         if longest >= self.segment or np.asarray(steps["is_last"]).any():
             self.flush()
+
+    def can_sample(self, seq_len: int) -> bool:
+        """`ReplayBuffer.can_sample` (an episode is scored and stored when it ends)."""
+        return self.replay.can_sample(seq_len)
 
     def sample(self, batch_size: int, seq_len: int, device: Any = None) -> Any:
         """`ReplayBuffer.sample`, after scoring the pending steps if the replay holds fewer than
