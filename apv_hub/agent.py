@@ -173,7 +173,7 @@ class APVAgent(nn.Module, SafetensorsHubMixin, **AGENT_METADATA):
         batch: dict[str, Tensor],
         optimizers: dict[str, torch.optim.Optimizer],
         accelerator: Any = None,
-    ) -> dict[str, float]:
+    ) -> dict[str, Tensor | float]:
         """One full update on a replay batch -> metrics.
 
         batch: image uint8 [B, T, C, H, W], action float [B, T, A] (action[t] led to obs t),

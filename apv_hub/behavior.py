@@ -233,7 +233,9 @@ class ActorCritic(nn.Module):
             self.config.discount_lambda,
         )
 
-    def actor_loss(self, seq: dict[str, Tensor], target: Tensor) -> tuple[Tensor, dict[str, float]]:
+    def actor_loss(
+        self, seq: dict[str, Tensor], target: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         """The policy at steps 0..H-2 chose the actions of steps 1..H-1, whose returns it gets."""
         cfg = self.config
         policy = self.actor(seq["feat"][:, :-2].detach())
@@ -246,15 +248,15 @@ class ActorCritic(nn.Module):
         entropy = policy.entropy()
         objective = objective + cfg.actor_entropy * entropy
         loss = -(seq["weight"][:, :-2] * objective).mean()
-        return loss, {"actor_loss": loss.item(), "actor_entropy": entropy.mean().item()}
+        return loss, {"actor_loss": loss.detach(), "actor_entropy": entropy.detach().mean()}
 
     def critic_loss(
         self, seq: dict[str, Tensor], target: Tensor
-    ) -> tuple[Tensor, dict[str, float]]:
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         """Unit-variance Normal NLL (no constant) of the returns under the critic, weighted."""
         value = self.critic(seq["feat"][:, :-1].detach()).squeeze(-1).float()
         loss = (0.5 * (value - target.detach()).pow(2) * seq["weight"][:, :-1]).mean()
-        return loss, {"critic_loss": loss.item(), "critic_value": value.mean().item()}
+        return loss, {"critic_loss": loss.detach(), "critic_value": value.detach().mean()}
 
     def update(
         self,
@@ -265,7 +267,7 @@ class ActorCritic(nn.Module):
         is_terminal: Tensor | None = None,
         accelerator: Any = None,
         intrinsic: Any = None,
-    ) -> dict[str, float]:
+    ) -> dict[str, Tensor]:
         """One actor and one critic step from start states [N, ...] (detached here); the
         ``intrinsic`` bonus of imagined states is added to their rewards (see ``imagine``).
 
@@ -289,11 +291,11 @@ class ActorCritic(nn.Module):
             metrics["critic_grad_norm"] = apply_gradients(
                 critic_loss, critic_opt, self.critic.parameters(), cfg.grad_clip, accelerator
             )
-        metrics["imag_reward_mean"] = seq["reward"].mean().item()
+        metrics["imag_reward_mean"] = seq["reward"].detach().mean()
         if "intrinsic" in seq:
-            metrics["imag_intrinsic_mean"] = seq["intrinsic"][:, :-1].mean().item()
-        metrics["imag_return_mean"] = target.mean().item()
-        metrics["imag_action_abs_mean"] = seq["action"][:, 1:].abs().mean().item()
+            metrics["imag_intrinsic_mean"] = seq["intrinsic"][:, :-1].detach().mean()
+        metrics["imag_return_mean"] = target.detach().mean()
+        metrics["imag_action_abs_mean"] = seq["action"][:, 1:].detach().abs().mean()
         self.update_slow_target()
         return metrics
 

@@ -21,7 +21,6 @@ optimisation does not depend on how many processes share the work.
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -198,11 +197,12 @@ class Pretrainer:
             loss, self.optimizers["model"], self.params, cfg.model.grad_clip, run.accelerator
         )
         self.step += 1
-        finite = math.isfinite(norm) and math.isfinite(metrics["loss"])
-        values = ", ".join(f"{k}={v:.4g}" for k, v in {**metrics, "grad_norm": norm}.items())
+        # Decided on the device, read back at the next log row or checkpoint (no host sync).
+        metrics = {**metrics, "grad_norm": norm}
+        finite = torch.isfinite(norm) & torch.isfinite(metrics["loss"])
         where = f"training step {self.step} (of {cfg.steps}) on process {run.rank}"
-        self.guard.observe(finite, where, values, run.checkpoint)
-        window.add({**metrics, "grad_norm": norm})
+        self.guard.defer(finite, where, metrics)
+        window.add(metrics)
 
     def _note_batch(self, batch: dict) -> None:
         self.failed_draws += int(batch["failed_draws"].sum())
@@ -219,6 +219,7 @@ class Pretrainer:
     def _log(self, window: MetricWindow) -> dict[str, Any]:
         """Average the window over steps and processes and log it; returns the row."""
         cfg = self.config
+        self.guard.flush(self.run.checkpoint)
         means = self.run.reduce(window)
         seconds = time.perf_counter() - window.start
         steps_per_sec = window.steps / seconds
@@ -254,6 +255,8 @@ class Pretrainer:
     # Checkpoints ------------------------------------------------------------------------------
 
     def _save_checkpoint(self) -> None:
+        self.guard.flush(self.run.checkpoint)
+
         def write(folder: Path) -> None:
             if self.run.is_main:
                 self.model.training_info = self.training_info()
