@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from torch import Tensor, nn
 
 from apv_hub.behavior import ActorCritic
 from apv_hub.cards import AGENT_METADATA, agent_model_card
+from apv_hub.compilation import begin_step, compile_step, keep
 from apv_hub.config import AgentConfig, ConfigError
 from apv_hub.hub import SafetensorsHubMixin
 from apv_hub.intrinsic import DisagreementBonus, VideoIntrinsicBonus
@@ -88,6 +90,8 @@ class APVAgent(nn.Module, SafetensorsHubMixin, **AGENT_METADATA):
             else None
         )
         self.behavior = ActorCritic(self.world_model.feat_dim, action_dim, config.behavior)
+        self.compile_mode: str | None = None  # Set by compile_update.
+        self.compiled_loss: Callable[..., tuple[Tensor, Any, dict[str, Tensor]]] | None = None
 
     @classmethod
     def from_video_model(
@@ -191,7 +195,9 @@ class APVAgent(nn.Module, SafetensorsHubMixin, **AGENT_METADATA):
         wm_cfg = self.config.world_model
         frozen = self.num_updates < wm_cfg.freeze_pretrained_updates
         hold = self.world_model.pretrained_parameters() if frozen else []
-        loss, obs, metrics = self.world_model.loss(batch, self.bonus)
+        begin_step(self.compile_mode)
+        loss_fn = self.world_model.loss if self.compiled_loss is None else self.compiled_loss
+        loss, obs, metrics = loss_fn(batch, self.bonus)
         with autocast_off(self.device):
             metrics["model_grad_norm"] = apply_gradients(
                 loss,
@@ -228,7 +234,15 @@ class APVAgent(nn.Module, SafetensorsHubMixin, **AGENT_METADATA):
         )
         metrics["pretrained_frozen"] = float(frozen)
         metrics["updates"] = float(self.num_updates)
-        return metrics
+        return metrics if self.compile_mode is None else keep(metrics)
+
+    def compile_update(self, mode: str = "default", backend: str = "inductor") -> None:
+        """Compile `update`'s two loss computations (world model; imagination and actor-critic
+        losses) with `apv_hub.compilation.compile_step`: static shapes, so every update after
+        the first reuses the graphs; the optimiser steps stay eager."""
+        self.compile_mode = mode
+        self.compiled_loss = compile_step(self.world_model.loss, mode, backend)
+        self.behavior.compile_losses(mode, backend)
 
     # Acting ------------------------------------------------------------------------------------
 

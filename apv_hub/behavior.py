@@ -19,12 +19,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
+from apv_hub.compilation import compile_step
 from apv_hub.config import BehaviorConfig
 from apv_hub.nets import MLP, autocast_off
 from apv_hub.optim import apply_gradients
@@ -172,6 +173,7 @@ class ActorCritic(nn.Module):
         # Actor-critic updates done; the slow critic is refreshed when it is a multiple of
         # slow_target_update (DreamerV2 counts before incrementing, so update 0 copies).
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+        self.compiled: dict[str, Callable[..., Any]] = {}  # Set by compile_losses.
 
     def target_critic(self) -> nn.Module:
         return self.slow_critic if self.config.slow_target else self.critic
@@ -276,13 +278,13 @@ class ActorCritic(nn.Module):
         """
         cfg = self.config
         start = {k: v.detach() for k, v in start.items()}
+        actor_side, critic_side = (
+            self.compiled.get("actor", self.actor_side),
+            self.compiled.get("critic", self.critic_loss),
+        )
         with no_param_grads(model), no_param_grads(intrinsic):
-            grad = torch.enable_grad() if cfg.actor_grad == "dynamics" else torch.no_grad()
-            with grad:
-                seq = self.imagine(model, start, is_terminal, intrinsic)
-                target = self.target(seq)
-        actor_loss, metrics = self.actor_loss(seq, target)
-        critic_loss, critic_metrics = self.critic_loss(seq, target)
+            actor_loss, seq, target, metrics = actor_side(model, start, is_terminal, intrinsic)
+        critic_loss, critic_metrics = critic_side(seq, target)
         metrics.update(critic_metrics)
         with autocast_off(actor_loss.device):
             metrics["actor_grad_norm"] = apply_gradients(
@@ -291,13 +293,40 @@ class ActorCritic(nn.Module):
             metrics["critic_grad_norm"] = apply_gradients(
                 critic_loss, critic_opt, self.critic.parameters(), cfg.grad_clip, accelerator
             )
+        self.update_slow_target()
+        return metrics
+
+    def actor_side(
+        self,
+        model: ImaginationModel,
+        start: State,
+        is_terminal: Tensor | None = None,
+        intrinsic: Any = None,
+    ) -> tuple[Tensor, dict[str, Tensor], Tensor, dict[str, Tensor]]:
+        """Imagination from start states [N, ...], its returns and the actor loss -> (actor
+        loss, the critic's inputs: detached feat [N, H + 1, F] and weight [N, H + 1], detached
+        target [N, H], metrics). The caller holds the model's and the bonus's parameters out of
+        the gradient (``no_param_grads``). The critic's loss is computed apart, so that the two
+        losses stay two graphs when compiled (each has its own backward pass)."""
+        grad = torch.enable_grad() if self.config.actor_grad == "dynamics" else torch.no_grad()
+        with grad:
+            seq = self.imagine(model, start, is_terminal, intrinsic)
+            target = self.target(seq)
+        actor_loss, metrics = self.actor_loss(seq, target)
         metrics["imag_reward_mean"] = seq["reward"].detach().mean()
         if "intrinsic" in seq:
             metrics["imag_intrinsic_mean"] = seq["intrinsic"][:, :-1].detach().mean()
         metrics["imag_return_mean"] = target.detach().mean()
         metrics["imag_action_abs_mean"] = seq["action"][:, 1:].detach().abs().mean()
-        self.update_slow_target()
-        return metrics
+        critic_seq = {"feat": seq["feat"].detach(), "weight": seq["weight"]}
+        return actor_loss, critic_seq, target.detach(), metrics
+
+    def compile_losses(self, mode: str = "default", backend: str = "inductor") -> None:
+        """Run `actor_side` and `critic_loss` compiled by `apv_hub.compilation.compile_step`."""
+        self.compiled = {
+            "actor": compile_step(self.actor_side, mode, backend),
+            "critic": compile_step(self.critic_loss, mode, backend),
+        }
 
     @torch.no_grad()
     def update_slow_target(self) -> None:

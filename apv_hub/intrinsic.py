@@ -46,7 +46,9 @@ def stream_normalise(values: Tensor, magnitude: Tensor, config: IntrinsicConfig)
     batch, then divide ``values`` by it (+ eps): DreamerV2's StreamNorm."""
     m = config.norm_momentum
     batch_mag = values.detach().abs().mean().to(torch.float64)
-    magnitude.copy_(m * magnitude + (1 - m) * batch_mag)
+    # Written through a [1] view: torch.compile (AOTAutograd, torch 2.13) silently drops an
+    # in-place write to a 0-dim float64 input (tests/test_compile.py catches it).
+    magnitude.view(1).copy_((m * magnitude + (1 - m) * batch_mag).view(1))
     return values / (magnitude.to(values.dtype) + config.norm_eps)
 
 

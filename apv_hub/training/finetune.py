@@ -134,6 +134,8 @@ class Finetuner:
         self.agent.to(self.run.device)
         self.run.broadcast_module(self.agent)
         self.run.watch(self.agent)
+        if cfg.compile:
+            self.agent.compile_update(cfg.compile_mode)
         self.optimizers = prepare_optimizers(accelerator, self.agent.make_optimizers())
         self.replay = make_replay(
             max(1, cfg.replay_capacity // self.world), derive_seed(cfg.seed, "replay", self.rank)

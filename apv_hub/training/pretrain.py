@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from apv_hub.compilation import begin_step, compile_step, keep
 from apv_hub.optim import apply_gradients, load_optimizer_state, make_adam, save_optimizer_state
 from apv_hub.seeding import derive_seed
 from apv_hub.training.configs import PretrainConfig
@@ -111,7 +112,8 @@ class Pretrainer:
         self.params = list(self.model.parameters())
         adam = make_adam(self.params, cfg.model.lr, cfg.model.adam_eps, cfg.model.weight_decay)
         self.optimizers = prepare_optimizers(accelerator, {"model": adam})
-        self.loss_fn = torch.compile(self.model.loss) if cfg.compile else self.model.loss
+        self.compile_mode = cfg.compile_mode if cfg.compile else None
+        self.loss_fn = compile_step(self.model.loss, cfg.compile_mode) if cfg.compile else None
         self.run = Run(
             cfg,
             out,
@@ -191,8 +193,11 @@ class Pretrainer:
     def _train_step(self, frames: Tensor, window: MetricWindow) -> None:
         cfg, run = self.config, self.run
         torch.manual_seed(derive_seed(cfg.seed, "steps", run.rank, self.step))
+        begin_step(self.compile_mode)
         with run.accelerator.autocast():
-            loss, metrics = self.loss_fn(frames)
+            loss, metrics = (self.loss_fn or self.model.loss)(frames)
+        if self.compile_mode is not None:
+            metrics = keep(metrics)
         norm = apply_gradients(
             loss, self.optimizers["model"], self.params, cfg.model.grad_clip, run.accelerator
         )
