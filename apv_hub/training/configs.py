@@ -110,11 +110,18 @@ class PretrainConfig(CorpusRunConfig):
     compile_mode: str = option(
         "default", "torch.compile mode: default, reduce-overhead (CUDA graphs) or max-autotune"
     )
+    clip_cache: str | None = option(
+        None,
+        "folder of a decoded uint8 clip cache (built there on first use, one shard per process, "
+        "rebuilt when the corpora or clip settings change): no video decoding during training",
+        resumable=True,
+    )
 
     LEGACY: ClassVar[dict[str, Any]] = {
         **RunConfig.LEGACY,
         "init_revision": None,
         "compile_mode": "default",
+        "clip_cache": None,
     }
 
     def validate(self) -> None:

@@ -50,11 +50,19 @@ LOSS_TERMS = ("loss", "image_nll", "image_mse", "kl", "kl_loss")
 VIDEO_FPS = 10
 
 
-def make_clips(config: PretrainConfig, rank: int, world_size: int, num_clips: int, seed: int):
-    """The ClipDataset of one process: its shard of the videos, ``num_clips`` items."""
+def make_clips(
+    config: PretrainConfig,
+    rank: int,
+    world_size: int,
+    num_clips: int,
+    seed: int,
+    cache: bool = False,
+):
+    """The ClipDataset of one process: its shard of the videos, ``num_clips`` items; read from
+    ``config.clip_cache`` with ``cache`` (built there first if needed)."""
     from apv_hub.data import ClipDataset
 
-    return ClipDataset(
+    clips = ClipDataset(
         config.corpora(),
         length=config.model.seq_len,
         stride=config.stride,
@@ -67,6 +75,9 @@ def make_clips(config: PretrainConfig, rank: int, world_size: int, num_clips: in
         rank=rank,
         world_size=world_size,
     )
+    if cache and config.clip_cache is not None:
+        clips.use_cache(config.clip_cache, progress=rank == 0)
+    return clips
 
 
 def build_model(config: PretrainConfig) -> APVVideoModel:
@@ -106,7 +117,9 @@ class Pretrainer:
         accelerator = make_accelerator(cfg.precision)
         self.local_batch = local_batch(accelerator, cfg.model.batch_size, "model.batch_size")
         rank, world_size = accelerator.process_index, accelerator.num_processes
-        self.clips = make_clips(cfg, rank, world_size, cfg.steps * self.local_batch, self.data_seed)
+        self.clips = make_clips(
+            cfg, rank, world_size, cfg.steps * self.local_batch, self.data_seed, cache=True
+        )
         self.eval_frames = self._eval_frames()
         self.model = build_model(cfg).to(accelerator.device)
         self.params = list(self.model.parameters())
