@@ -35,19 +35,21 @@ def fresh_dynamo():
     torch._dynamo.reset()
 
 
-def video_model_steps(compiled: bool, steps: int, backend: str = "aot_eager"):
+def video_model_steps(
+    compiled: bool, steps: int, backend: str = "aot_eager", device: str = "cpu", fused: bool = False
+):
     """``steps`` pre-training steps of the tiny model -> (per-step metrics, grads of the first
     step, final weights, compiled frames after each step)."""
     torch.manual_seed(0)
     config = APVConfig.preset("tiny")
-    model = APVVideoModel(config)
-    opt = make_adam(model.parameters(), 1e-3)
+    model = APVVideoModel(config).to(device)
+    opt = make_adam(model.parameters(), 1e-3, fused=fused)
     loss_fn = compile_step(model.loss, backend=backend) if compiled else model.loss
     g = torch.Generator().manual_seed(1)
     shape = (2, config.seq_len, 3, config.image_size, config.image_size)
     history, grads, frames_after = [], None, []
     for step in range(steps):
-        frames = torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)
+        frames = torch.randint(0, 256, shape, generator=g, dtype=torch.uint8).to(device)
         torch.manual_seed(100 + step)  # As the trainer does: the latent draws of this step.
         loss, metrics = loss_fn(frames)
         norm = apply_gradients(loss, opt, model.parameters(), config.grad_clip)
@@ -110,23 +112,38 @@ def test_compiled_agent_update_equals_the_eager_update_and_compiles_once() -> No
         torch.testing.assert_close(state[key], want, rtol=1e-3, atol=1e-4, msg=key)
 
 
-@pytest.mark.skipif(
-    os.environ.get("APV_HUB_TEST_INDUCTOR") != "1",
-    reason="Inductor's C++ codegen takes ~8 minutes here; set APV_HUB_TEST_INDUCTOR=1 to run it",
-)
-def test_inductor_step_equals_the_eager_step() -> None:
-    missing = compiler_missing("cpu")
+INDUCTOR_DEVICES = [
+    pytest.param(
+        "cpu",
+        marks=pytest.mark.skipif(
+            os.environ.get("APV_HUB_TEST_INDUCTOR") != "1",
+            reason="Inductor's C++ code generation takes ~8 minutes on this 2-core machine; "
+            "set APV_HUB_TEST_INDUCTOR=1 to run it",
+        ),
+    ),
+    pytest.param(
+        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+    ),
+]
+
+
+@pytest.mark.parametrize("device", INDUCTOR_DEVICES)
+def test_inductor_step_equals_the_eager_step(device: str) -> None:
+    missing = compiler_missing(device)
     if missing:
         pytest.skip(missing)
     # Inductor draws random numbers with its own generator unless told to fall back.
     torch._inductor.config.fallback_random = True
-    eager, _, eager_weights, _ = video_model_steps(False, 2)
-    compiled, _, weights, frames_after = video_model_steps(True, 2, backend="inductor")
-    assert frames_after[1] == frames_after[0]
+    fused = device == "cuda"
+    eager, _, eager_weights, _ = video_model_steps(False, 3, device=device, fused=fused)
+    compiled, _, weights, frames_after = video_model_steps(
+        True, 3, backend="inductor", device=device, fused=fused
+    )
+    assert frames_after[1:] == [frames_after[0]] * 2
     for got, want in zip(compiled, eager, strict=True):
-        assert_metrics_close(got, want, rtol=1e-4)
+        assert_metrics_close(got, want, rtol=1e-3, atol=1e-4)
     for got, want in zip(weights, eager_weights, strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-4)
 
 
 def test_compile_mode_is_checked_by_both_configs() -> None:
