@@ -26,20 +26,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 from pathlib import Path
 
-import torch
-
 from benchmarks.common import (
-    LOOP_VARIANTS,
     StepProfiler,
     load_average,
     loop_overrides,
+    loop_parser,
+    loop_setup,
     machine,
     peak_memory_gib,
-    print_loop_table,
+    report_loop,
     run_loop_variant,
 )
 
@@ -109,50 +107,32 @@ def run_one(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = loop_parser(__doc__, QUICK)
     parser.add_argument("--preset", default="small", choices=["tiny", "small", "metaworld", "dmc"])
     parser.add_argument("--env", default="metaworld/drawer-open-v3")
     parser.add_argument("--variant", default="apv", help="the agent variant")
-    parser.add_argument("--variants", nargs="+", choices=sorted(LOOP_VARIANTS), default=None)
     parser.add_argument("--steps", type=int, default=1500, help="total environment steps")
     parser.add_argument("--prefill", type=int, default=500, help="policy steps")
     parser.add_argument("--num-envs", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--log-every", type=int, default=100, help="env steps per record")
-    parser.add_argument("--timeout", type=float, default=1800, help="seconds per variant")
-    parser.add_argument("--quick", action="store_true", help=f"CPU smoke run: {QUICK}, eager")
-    parser.add_argument("--json", help="also write the rows here")
-    parser.add_argument("--one-variant", choices=sorted(LOOP_VARIANTS), help=argparse.SUPPRESS)
-    parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.quick:
-        vars(args).update(QUICK)
-    if args.one_variant:
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        print(json.dumps(run_one(args)))
+    variants = loop_setup(args, QUICK, run_one)
+    if variants is None:
         return
-    cuda = torch.cuda.is_available()
-    variants = args.variants or (
-        ["eager_fp32", "eager_bf16"]
-        if args.quick
-        else [v for v in LOOP_VARIANTS if cuda or v != "graphs_bf16"]
-    )
     before = load_average()
     with tempfile.TemporaryDirectory(prefix="bench-finetune-") as tmp:
         rows = [run_variant(args, v, Path(tmp)) for v in variants]
-    first = next((r for r in rows if "error" not in r), {})
-    header = [
-        f"Fine-tuning loop, {args.env}, preset {args.preset}, agent {args.variant}, batch "
-        f"{first.get('batch')}, an update every {first.get('train_every')} policy steps, "
-        f"{args.num_envs} env(s); prefill (random actions) "
-        f"{', '.join(str(r.get('prefill_env_steps_per_second')) for r in rows)} env steps/s",
-        f"device {first.get('device')}, torch {first.get('torch')}, {os.cpu_count()} CPUs; "
-        f"load average before {before}, after {load_average()}",
-    ]
-    print_loop_table(rows, header)
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+    report_loop(
+        rows,
+        lambda first: (
+            f"Fine-tuning loop, {args.env}, preset {args.preset}, agent {args.variant}, batch "
+            f"{first.get('batch')}, an update every {first.get('train_every')} policy steps, "
+            f"{args.num_envs} env(s); prefill (random actions) "
+            f"{', '.join(str(r.get('prefill_env_steps_per_second')) for r in rows)} env steps/s"
+        ),
+        before,
+        args.json,
+    )
 
 
 def run_variant(args: argparse.Namespace, variant: str, workdir: Path) -> dict:

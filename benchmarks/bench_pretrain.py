@@ -26,21 +26,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
 
-import torch
-
 from benchmarks.common import (
-    LOOP_VARIANTS,
     ROOT,
     StepProfiler,
     load_average,
     loop_overrides,
+    loop_parser,
+    loop_setup,
     machine,
-    print_loop_table,
+    report_loop,
     run_loop_variant,
 )
 
@@ -97,53 +95,35 @@ def run_one(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = loop_parser(__doc__, QUICK)
     parser.add_argument("--preset", default="small")
     parser.add_argument("--data", help="corpus (default: the sample, else synthetic)")
-    parser.add_argument("--variants", nargs="+", choices=sorted(LOOP_VARIANTS), default=None)
     parser.add_argument("--steps", type=int, default=20, help="timed steps (a multiple of warmup)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed first steps (a log window)")
     parser.add_argument("--batch-size", type=int, help="override the preset's batch")
     parser.add_argument("--seq-len", type=int, help="override the preset's clip length")
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--clip-cache", help="read clips from a decoded clip cache here")
-    parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS of the runs")
-    parser.add_argument("--timeout", type=float, default=1800, help="seconds per variant")
-    parser.add_argument("--quick", action="store_true", help=f"CPU smoke run: {QUICK}, eager")
-    parser.add_argument("--json", help="also write the rows here")
-    parser.add_argument("--one-variant", choices=sorted(LOOP_VARIANTS), help=argparse.SUPPRESS)
-    parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.quick:
-        vars(args).update(QUICK)
-    if args.one_variant:
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        print(json.dumps(run_one(args)))
+    variants = loop_setup(args, QUICK, run_one)
+    if variants is None:
         return
     if args.steps % args.warmup:
         parser.error("--steps must be a multiple of --warmup (both are log windows)")
-    cuda = torch.cuda.is_available()
-    variants = args.variants or (
-        ["eager_fp32", "eager_bf16"]
-        if args.quick
-        else [v for v in LOOP_VARIANTS if cuda or v != "graphs_bf16"]
-    )
     before = load_average()
     with tempfile.TemporaryDirectory(prefix="bench-pretrain-") as tmp:
         args.data = args.data or default_data(Path(tmp))
         rows = [run_variant(args, v, Path(tmp)) for v in variants]
-    first = next((r for r in rows if "error" not in r), {})
-    header = [
-        f"Pre-training loop (data included), preset {args.preset}, batch {first.get('batch')}, "
-        f"data {args.data}, {args.num_workers} loader workers"
-        + (f", clip cache {args.clip_cache}" if args.clip_cache else ", decoding with decord"),
-        f"device {first.get('device')}, torch {first.get('torch')}, {os.cpu_count()} CPUs; "
-        f"load average before {before}, after {load_average()}",
-    ]
-    print_loop_table(rows, header)
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+    cache = f", clip cache {args.clip_cache}" if args.clip_cache else ", decoding with decord"
+    report_loop(
+        rows,
+        lambda first: (
+            f"Pre-training loop (data included), preset {args.preset}, batch "
+            f"{first.get('batch')}, data {args.data}, {args.num_workers} loader workers{cache}"
+        ),
+        before,
+        args.json,
+    )
 
 
 def run_variant(args: argparse.Namespace, variant: str, workdir: Path) -> dict:

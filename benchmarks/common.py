@@ -240,11 +240,16 @@ def run_variants(script: str, variants: list[str], options: dict[str, object]) -
 
 
 def print_table(
-    rows: list[dict], header: list[str], step: str = "step", json_rows: list[dict] | None = None
+    rows: list[dict],
+    header: list[str],
+    step: str = "step",
+    json_rows: list[dict] | None = None,
+    columns: tuple[tuple[str, str], ...] | None = None,
 ) -> None:
     """A Markdown table of the variant rows after lines describing the setting (a ``step`` is
-    what one row times: "step", "update"), then, if given, the rows as JSON."""
-    columns = (
+    what one row times: "step", "update"), then, if given, the rows as JSON. ``columns``:
+    (row key, title) pairs (default: those of the model-level benchmarks)."""
+    columns = columns or (
         ("variant", "variant"),
         ("seconds_per_step", f"s / {step}"),
         ("steps_per_second", f"{step}s / s"),
@@ -361,18 +366,59 @@ LOOP_COLUMNS = (
 
 def print_loop_table(rows: list[dict], header: list[str]) -> None:
     """The variant table of a loop benchmark (the columns that apply) after its header lines."""
-    columns = [(k, t) for k, t in LOOP_COLUMNS if any(k in r for r in rows) or k == "variant"]
-    for line in header:
-        print(line)
-    print()
-    print("| " + " | ".join(title for _, title in columns) + " |")
-    print("|" + "---|" * len(columns))
-    for row in rows:
-        if "error" in row:
-            cells = [row["variant"], f"failed: {row['error']}"] + [""] * (len(columns) - 2)
-        else:
-            cells = [str(row.get(key, "-")) for key, _ in columns]
-        print("| " + " | ".join(cells) + " |")
+    columns = tuple((k, t) for k, t in LOOP_COLUMNS if k == "variant" or any(k in r for r in rows))
+    print_table(rows, header, columns=columns)
+
+
+def report_loop(
+    rows: list[dict], describe: Callable[[dict], str], load_before: str, json_path: str | None
+) -> None:
+    """Print a loop benchmark's table: ``describe(first good row)``, the device and load line,
+    the rows; also write them to ``json_path`` if given."""
+    first = next((r for r in rows if "error" not in r), {})
+    header = [
+        describe(first),
+        f"device {first.get('device')}, torch {first.get('torch')}, {os.cpu_count()} CPUs; "
+        f"load average before {load_before}, after {load_average()}",
+    ]
+    print_loop_table(rows, header)
+    if json_path:
+        Path(json_path).write_text(json.dumps(rows, indent=2))
+
+
+def loop_parser(doc: str | None, quick: dict[str, object]) -> argparse.ArgumentParser:
+    """The options every loop benchmark has; ``quick`` is what ``--quick`` sets."""
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    parser.add_argument("--variants", nargs="+", choices=sorted(LOOP_VARIANTS), default=None)
+    parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS of the runs")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds per variant")
+    parser.add_argument("--quick", action="store_true", help=f"CPU smoke run: {quick}, eager")
+    parser.add_argument("--json", help="also write the rows here")
+    parser.add_argument("--one-variant", choices=sorted(LOOP_VARIANTS), help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    return parser
+
+
+def loop_setup(
+    args: argparse.Namespace,
+    quick: dict[str, object],
+    run_one: Callable[[argparse.Namespace], dict],
+) -> list[str] | None:
+    """Apply ``--quick``; in a child (``--one-variant``) run ``run_one`` and print its row
+    (-> None); else -> the variants to run (default: every one the device has; ``--quick``:
+    the eager ones)."""
+    if args.quick:
+        vars(args).update(quick)
+    if args.one_variant:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        print(json.dumps(run_one(args)))
+        return None
+    if args.variants:
+        return args.variants
+    if args.quick:
+        return ["eager_fp32", "eager_bf16"]
+    return [v for v in LOOP_VARIANTS if torch.cuda.is_available() or v != "graphs_bf16"]
 
 
 def run_loop_variant(
