@@ -24,7 +24,6 @@ import torch
 
 from apv_hub import APVConfig, APVVideoModel
 from apv_hub.compilation import compile_step
-from apv_hub.config import PRESETS
 from apv_hub.optim import apply_gradients, make_adam
 from benchmarks.common import VARIANTS, autocast, variant_main, variant_parser, variant_row
 
@@ -57,7 +56,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = variant_parser(__doc__, QUICK)
-    parser.add_argument("--preset", default="small", choices=sorted(PRESETS))
+    parser.add_argument("--preset", default="small", choices=sorted(APVConfig.PRESETS))
     parser.add_argument("--batch", type=int, default=None, help="default: the preset's")
     parser.add_argument("--length", type=int, default=None, help="default: the preset's")
     parser.add_argument("--steps", type=int, default=5, help="timed steps")
