@@ -146,7 +146,7 @@ class APVAgent(nn.Module, SafetensorsHubMixin, **AGENT_METADATA):
     @property
     def num_updates(self) -> int:
         """Full updates done (world model + actor-critic)."""
-        return int(self.behavior.updates)
+        return self.behavior.update_count()
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Trained parameters per optimiser: ``model`` (world model), ``actor``, ``critic``, and

@@ -160,6 +160,11 @@ def no_param_grads(module: Any) -> Iterator[None]:
             p.requires_grad_(True)
 
 
+def forget_host_updates(module: ActorCritic, _: object) -> None:
+    """Load-state-dict hook: the ``updates`` buffer may have changed."""
+    module.host_updates = None
+
+
 class ActorCritic(nn.Module):
     """Actor, critic and slow critic, with the DreamerV2 losses and update."""
 
@@ -173,6 +178,10 @@ class ActorCritic(nn.Module):
         # Actor-critic updates done; the slow critic is refreshed when it is a multiple of
         # slow_target_update (DreamerV2 counts before incrementing, so update 0 copies).
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+        # A host copy of ``updates`` for the schedule, so that an update never reads the device;
+        # read from the buffer again after a state dict is loaded into it.
+        self.host_updates: int | None = None
+        self.register_load_state_dict_post_hook(forget_host_updates)
         self.compiled: dict[str, Callable[..., Any]] = {}  # Set by compile_losses.
 
     def target_critic(self) -> nn.Module:
@@ -332,8 +341,9 @@ class ActorCritic(nn.Module):
     def update_slow_target(self) -> None:
         """Every ``slow_target_update`` updates (and at update 0), move the slow critic."""
         cfg = self.config
-        if cfg.slow_target and int(self.updates) % cfg.slow_target_update == 0:
-            mix = 1.0 if int(self.updates) == 0 else cfg.slow_target_fraction
+        done = self.update_count()
+        if cfg.slow_target and done % cfg.slow_target_update == 0:
+            mix = 1.0 if done == 0 else cfg.slow_target_fraction
             for slow, fast in zip(
                 self.slow_critic.parameters(), self.critic.parameters(), strict=True
             ):
@@ -343,3 +353,10 @@ class ActorCritic(nn.Module):
                 else:
                     slow.lerp_(fast, mix)
         self.updates += 1
+        self.host_updates = done + 1
+
+    def update_count(self) -> int:
+        """Actor-critic updates done (the ``updates`` buffer, read from the device once)."""
+        if self.host_updates is None:
+            self.host_updates = int(self.updates)
+        return self.host_updates

@@ -230,3 +230,15 @@ def test_cuda_agent_update_has_no_host_sync() -> None:
         finally:
             torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
+
+
+def test_the_update_schedule_counts_on_the_host() -> None:
+    agent = tiny_agent()
+    optimizers = make_optimizers(agent)
+    fresh = {k: v.clone() for k, v in agent.state_dict().items()}
+    for _ in range(2):
+        agent.update(random_batch(agent.config), optimizers)
+    # The slow critic's schedule and num_updates read the host copy, kept with the buffer.
+    assert agent.behavior.host_updates == int(agent.behavior.updates) == agent.num_updates == 2
+    agent.load_state_dict(fresh)  # A checkpoint's count replaces both.
+    assert agent.behavior.host_updates is None and agent.num_updates == 0
