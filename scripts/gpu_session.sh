@@ -17,7 +17,10 @@
 #
 # Run one phase or several: `bash scripts/gpu_session.sh bench train` (default: all four, in
 # order; each fits the 10-minute limit of one remote command). Sizes: PRETRAIN_STEPS (3000),
-# FINETUNE_STEPS (env steps, 20000), BENCH_STEPS (pre-training timed steps, 200).
+# FINETUNE_STEPS (env steps, 20000), BENCH_STEPS (pre-training timed steps, 200); presets
+# PRETRAIN_PRESET (paper), FINETUNE_PRESET (metaworld); COMPILE (true). A CPU dry run of the
+# train phase: PRETRAIN_PRESET=tiny FINETUNE_PRESET=tiny PRETRAIN_STEPS=20 FINETUNE_STEPS=300
+# COMPILE=false PRECISION=fp32 bash scripts/gpu_session.sh train  (FINETUNE_PREFILL: 1000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-runs/gpu-session}
@@ -73,19 +76,21 @@ fi
 
 if has train; then
   pre="$out/pretrain"
-  log "pre-training the paper-size model on the sample corpus (${PRETRAIN_STEPS:-3000} steps)"
+  log "pre-training the ${PRETRAIN_PRESET:-paper} video model on the sample corpus (${PRETRAIN_STEPS:-3000} steps)"
   if [ -d "$pre/checkpoints" ] && [ ! -f "$pre/summary.json" ]; then
     "$PY" pretrain.py --resume "$pre" --no-progress 2>&1 | tail -5
   elif [ ! -f "$pre/summary.json" ]; then
-    "$PY" pretrain.py --data sample --preset paper --steps "${PRETRAIN_STEPS:-3000}" \
-      --precision bf16 --num-workers 8 --log-every 250 --checkpoint-every 1000 --out "$pre" \
-      --set compile=true --set "clip_cache=$out/clip-cache" --no-progress 2>&1 | tail -5
+    "$PY" pretrain.py --data sample --preset "${PRETRAIN_PRESET:-paper}" \
+      --steps "${PRETRAIN_STEPS:-3000}" --precision "${PRECISION:-bf16}" --num-workers 8 \
+      --log-every 250 --checkpoint-every 1000 --out "$pre" --set "compile=${COMPILE:-true}" \
+      --set "clip_cache=$out/clip-cache" --no-progress 2>&1 | tail -5
   fi
   steps=${FINETUNE_STEPS:-20000}
   log "fine-tuning on metaworld/drawer-open-v3: APV (from $pre/model) and DreamerV2, $steps env steps"
-  common=(--env metaworld/drawer-open-v3 --preset metaworld --precision bf16 --no-progress
-    --set "total_env_steps=$steps" --set prefill=1000 --set eval_every=5000
-    --set eval_episodes=5 --set checkpoint_every=10000 --set compile=true)
+  common=(--env metaworld/drawer-open-v3 --preset "${FINETUNE_PRESET:-metaworld}" --no-progress
+    --precision "${PRECISION:-bf16}" --set "total_env_steps=$steps" --set "prefill=${FINETUNE_PREFILL:-1000}"
+    --set eval_every=5000 --set eval_episodes=5 --set checkpoint_every=10000
+    --set "compile=${COMPILE:-true}")
   "$PY" finetune.py "${common[@]}" --variant apv --pretrained "$pre/model" --out "$out/apv" \
     >"$out/apv.log" 2>&1 &
   apv=$!
