@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from torch import Tensor, nn
 
 from apv_hub.behavior import ActorCritic
 from apv_hub.cards import AGENT_METADATA, agent_model_card
+from apv_hub.compilation import begin_step, compile_step, keep
 from apv_hub.config import AgentConfig, ConfigError
 from apv_hub.hub import SafetensorsHubMixin
 from apv_hub.intrinsic import DisagreementBonus, VideoIntrinsicBonus
@@ -92,6 +94,8 @@ class APVAgent(nn.Module, SafetensorsHubMixin, **AGENT_METADATA):
             # Every part here is fresh; from_video_model then copies the pre-trained ones in.
             keras_init_(self)
             self.behavior.sync_slow_critic()
+        self.compile_mode: str | None = None  # Set by compile_update.
+        self.compiled_loss: Callable[..., tuple[Tensor, Any, dict[str, Tensor]]] | None = None
 
     @classmethod
     def from_video_model(
@@ -146,7 +150,7 @@ class APVAgent(nn.Module, SafetensorsHubMixin, **AGENT_METADATA):
     @property
     def num_updates(self) -> int:
         """Full updates done (world model + actor-critic)."""
-        return int(self.behavior.updates)
+        return self.behavior.update_count()
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Trained parameters per optimiser: ``model`` (world model), ``actor``, ``critic``, and
@@ -177,7 +181,7 @@ class APVAgent(nn.Module, SafetensorsHubMixin, **AGENT_METADATA):
         batch: dict[str, Tensor],
         optimizers: dict[str, torch.optim.Optimizer],
         accelerator: Any = None,
-    ) -> dict[str, float]:
+    ) -> dict[str, Tensor | float]:
         """One full update on a replay batch -> metrics.
 
         batch: image uint8 [B, T, C, H, W], action float [B, T, A] (action[t] led to obs t),
@@ -195,20 +199,7 @@ class APVAgent(nn.Module, SafetensorsHubMixin, **AGENT_METADATA):
         batch = {k: batch[k].to(self.device, non_blocking=True) for k in BATCH_KEYS if k in batch}
         wm_cfg = self.config.world_model
         frozen = self.num_updates < wm_cfg.freeze_pretrained_updates
-        groups = optimizers["model"].param_groups
-        if len(groups) == 2:
-            # The release's freeze: learning rate 0 for the pre-trained group while its Adam
-            # moments keep accumulating.
-            groups[0]["lr"] = 0.0 if frozen else wm_cfg.lr
-        loss, obs, metrics = self.world_model.loss(batch, self.bonus)
-        with autocast_off(self.device):
-            metrics["model_grad_norm"] = apply_gradients(
-                loss,
-                optimizers["model"],
-                self.world_model.parameters(),
-                wm_cfg.grad_clip,
-                accelerator,
-            )
+        obs, metrics = self.update_world_model(batch, optimizers["model"], frozen, accelerator)
         if self.disagreement is not None:
             ensemble_loss, ensemble_metrics = self.disagreement.loss(
                 obs.feat, batch["action"], obs.post["stoch"], batch["is_first"]
@@ -236,7 +227,42 @@ class APVAgent(nn.Module, SafetensorsHubMixin, **AGENT_METADATA):
         )
         metrics["pretrained_frozen"] = float(frozen)
         metrics["updates"] = float(self.num_updates)
-        return metrics
+        return metrics if self.compile_mode is None else keep(metrics)
+
+    def compile_update(self, mode: str = "default", backend: str = "inductor") -> None:
+        """Compile `update`'s two loss computations (world model; imagination and actor-critic
+        losses) with `apv_hub.compilation.compile_step`: static shapes, so every update after
+        the first reuses the graphs; the optimiser steps stay eager."""
+        self.compile_mode = mode
+        self.compiled_loss = compile_step(self.world_model.loss, mode, backend)
+        self.behavior.compile_losses(mode, backend)
+
+    def update_world_model(
+        self,
+        batch: dict[str, Tensor],
+        optimizer: torch.optim.Optimizer,
+        frozen: bool,
+        accelerator: Any = None,
+    ) -> tuple[Any, dict[str, Tensor]]:
+        """One world-model step on a batch already on this agent's device -> (the posterior
+        pass of the loss, its metrics with ``model_grad_norm``).
+
+        ``frozen`` holds the pre-trained group (encoder and action-free RSSM) at learning rate 0
+        while its Adam moments keep accumulating, the release's freeze; a world model without a
+        pre-trained group (one parameter group) trains everything either way.
+        """
+        wm_cfg = self.config.world_model
+        groups = optimizer.param_groups
+        if len(groups) == 2:
+            groups[0]["lr"] = 0.0 if frozen else wm_cfg.lr
+        begin_step(self.compile_mode)
+        loss_fn = self.world_model.loss if self.compiled_loss is None else self.compiled_loss
+        loss, obs, metrics = loss_fn(batch, self.bonus)
+        with autocast_off(self.device):
+            metrics["model_grad_norm"] = apply_gradients(
+                loss, optimizer, self.world_model.parameters(), wm_cfg.grad_clip, accelerator
+            )
+        return obs, metrics
 
     # Acting ------------------------------------------------------------------------------------
 

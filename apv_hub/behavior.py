@@ -19,12 +19,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
+from apv_hub.compilation import compile_step
 from apv_hub.config import BehaviorConfig
 from apv_hub.nets import MLP, autocast_off
 from apv_hub.optim import apply_gradients
@@ -159,6 +160,11 @@ def no_param_grads(module: Any) -> Iterator[None]:
             p.requires_grad_(True)
 
 
+def forget_host_updates(module: ActorCritic, _: object) -> None:
+    """Load-state-dict hook: the ``updates`` buffer may have changed."""
+    module.host_updates = None
+
+
 class ActorCritic(nn.Module):
     """Actor, critic and slow critic, with the DreamerV2 losses and update."""
 
@@ -172,6 +178,11 @@ class ActorCritic(nn.Module):
         # Actor-critic updates done; the slow critic is refreshed when it is a multiple of
         # slow_target_update (DreamerV2 counts before incrementing, so update 0 copies).
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+        # A host copy of ``updates`` for the schedule, so that an update never reads the device;
+        # read from the buffer again after a state dict is loaded into it.
+        self.host_updates: int | None = None
+        self.register_load_state_dict_post_hook(forget_host_updates)
+        self.compiled: dict[str, Callable[..., Any]] = {}  # Set by compile_losses.
 
     def sync_slow_critic(self) -> None:
         """Copy the critic's weights into the slow critic (after re-initialising the critic)."""
@@ -237,7 +248,9 @@ class ActorCritic(nn.Module):
             self.config.discount_lambda,
         )
 
-    def actor_loss(self, seq: dict[str, Tensor], target: Tensor) -> tuple[Tensor, dict[str, float]]:
+    def actor_loss(
+        self, seq: dict[str, Tensor], target: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         """The policy at steps 0..H-2 chose the actions of steps 1..H-1, whose returns it gets."""
         cfg = self.config
         policy = self.actor(seq["feat"][:, :-2].detach())
@@ -250,15 +263,15 @@ class ActorCritic(nn.Module):
         entropy = policy.entropy()
         objective = objective + cfg.actor_entropy * entropy
         loss = -(seq["weight"][:, :-2] * objective).mean()
-        return loss, {"actor_loss": loss.item(), "actor_entropy": entropy.mean().item()}
+        return loss, {"actor_loss": loss.detach(), "actor_entropy": entropy.detach().mean()}
 
     def critic_loss(
         self, seq: dict[str, Tensor], target: Tensor
-    ) -> tuple[Tensor, dict[str, float]]:
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         """Unit-variance Normal NLL (no constant) of the returns under the critic, weighted."""
         value = self.critic(seq["feat"][:, :-1].detach()).squeeze(-1).float()
         loss = (0.5 * (value - target.detach()).pow(2) * seq["weight"][:, :-1]).mean()
-        return loss, {"critic_loss": loss.item(), "critic_value": value.mean().item()}
+        return loss, {"critic_loss": loss.detach(), "critic_value": value.detach().mean()}
 
     def update(
         self,
@@ -269,7 +282,7 @@ class ActorCritic(nn.Module):
         is_terminal: Tensor | None = None,
         accelerator: Any = None,
         intrinsic: Any = None,
-    ) -> dict[str, float]:
+    ) -> dict[str, Tensor]:
         """One actor and one critic step from start states [N, ...] (detached here); the
         ``intrinsic`` bonus of imagined states is added to their rewards (see ``imagine``).
 
@@ -278,13 +291,13 @@ class ActorCritic(nn.Module):
         """
         cfg = self.config
         start = {k: v.detach() for k, v in start.items()}
+        actor_side, critic_side = (
+            self.compiled.get("actor", self.actor_side),
+            self.compiled.get("critic", self.critic_loss),
+        )
         with no_param_grads(model), no_param_grads(intrinsic):
-            grad = torch.enable_grad() if cfg.actor_grad == "dynamics" else torch.no_grad()
-            with grad:
-                seq = self.imagine(model, start, is_terminal, intrinsic)
-                target = self.target(seq)
-        actor_loss, metrics = self.actor_loss(seq, target)
-        critic_loss, critic_metrics = self.critic_loss(seq, target)
+            actor_loss, seq, target, metrics = actor_side(model, start, is_terminal, intrinsic)
+        critic_loss, critic_metrics = critic_side(seq, target)
         metrics.update(critic_metrics)
         with autocast_off(actor_loss.device):
             metrics["actor_grad_norm"] = apply_gradients(
@@ -293,20 +306,48 @@ class ActorCritic(nn.Module):
             metrics["critic_grad_norm"] = apply_gradients(
                 critic_loss, critic_opt, self.critic.parameters(), cfg.grad_clip, accelerator
             )
-        metrics["imag_reward_mean"] = seq["reward"].mean().item()
-        if "intrinsic" in seq:
-            metrics["imag_intrinsic_mean"] = seq["intrinsic"][:, :-1].mean().item()
-        metrics["imag_return_mean"] = target.mean().item()
-        metrics["imag_action_abs_mean"] = seq["action"][:, 1:].abs().mean().item()
         self.update_slow_target()
         return metrics
+
+    def actor_side(
+        self,
+        model: ImaginationModel,
+        start: State,
+        is_terminal: Tensor | None = None,
+        intrinsic: Any = None,
+    ) -> tuple[Tensor, dict[str, Tensor], Tensor, dict[str, Tensor]]:
+        """Imagination from start states [N, ...], its returns and the actor loss -> (actor
+        loss, the critic's inputs: detached feat [N, H + 1, F] and weight [N, H + 1], detached
+        target [N, H], metrics). The caller holds the model's and the bonus's parameters out of
+        the gradient (``no_param_grads``). The critic's loss is computed apart, so that the two
+        losses stay two graphs when compiled (each has its own backward pass)."""
+        grad = torch.enable_grad() if self.config.actor_grad == "dynamics" else torch.no_grad()
+        with grad:
+            seq = self.imagine(model, start, is_terminal, intrinsic)
+            target = self.target(seq)
+        actor_loss, metrics = self.actor_loss(seq, target)
+        metrics["imag_reward_mean"] = seq["reward"].detach().mean()
+        if "intrinsic" in seq:
+            metrics["imag_intrinsic_mean"] = seq["intrinsic"][:, :-1].detach().mean()
+        metrics["imag_return_mean"] = target.detach().mean()
+        metrics["imag_action_abs_mean"] = seq["action"][:, 1:].detach().abs().mean()
+        critic_seq = {"feat": seq["feat"].detach(), "weight": seq["weight"]}
+        return actor_loss, critic_seq, target.detach(), metrics
+
+    def compile_losses(self, mode: str = "default", backend: str = "inductor") -> None:
+        """Run `actor_side` and `critic_loss` compiled by `apv_hub.compilation.compile_step`."""
+        self.compiled = {
+            "actor": compile_step(self.actor_side, mode, backend),
+            "critic": compile_step(self.critic_loss, mode, backend),
+        }
 
     @torch.no_grad()
     def update_slow_target(self) -> None:
         """Every ``slow_target_update`` updates (and at update 0), move the slow critic."""
         cfg = self.config
-        if cfg.slow_target and int(self.updates) % cfg.slow_target_update == 0:
-            mix = 1.0 if int(self.updates) == 0 else cfg.slow_target_fraction
+        done = self.update_count()
+        if cfg.slow_target and done % cfg.slow_target_update == 0:
+            mix = 1.0 if done == 0 else cfg.slow_target_fraction
             for slow, fast in zip(
                 self.slow_critic.parameters(), self.critic.parameters(), strict=True
             ):
@@ -316,3 +357,10 @@ class ActorCritic(nn.Module):
                 else:
                     slow.lerp_(fast, mix)
         self.updates += 1
+        self.host_updates = done + 1
+
+    def update_count(self) -> int:
+        """Actor-critic updates done (the ``updates`` buffer, read from the device once)."""
+        if self.host_updates is None:
+            self.host_updates = int(self.updates)
+        return self.host_updates

@@ -47,7 +47,9 @@ def stream_normalise(values: Tensor, magnitude: Tensor, config: IntrinsicConfig)
     batch, then divide ``values`` by it (+ eps): DreamerV2's StreamNorm."""
     m = config.norm_momentum
     batch_mag = values.detach().abs().mean().to(torch.float64)
-    magnitude.copy_(m * magnitude + (1 - m) * batch_mag)
+    # Written through a [1] view: torch.compile (AOTAutograd, torch 2.13) silently drops an
+    # in-place write to a 0-dim float64 input (tests/test_compile.py catches it).
+    magnitude.view(1).copy_((m * magnitude + (1 - m) * batch_mag).view(1))
     return values / (magnitude.to(values.dtype) + config.norm_eps)
 
 
@@ -95,22 +97,30 @@ class VideoIntrinsicBonus(nn.Module):
         self.queue_count.copy_(torch.clamp(self.queue_count + len(vectors), max=size))
 
     def knn_distance(self, vectors: Tensor) -> Tensor:
-        """Mean L2 distance of each vector [N, P] to its k nearest queue entries -> [N]."""
-        entries = self.queue[: int(self.queue_count)]
-        if len(entries) == 0:
-            raise RuntimeError("the bonus queue is empty: push() vectors before searching")
+        """Mean L2 distance of each vector [N, P] to its k nearest queue entries -> [N]
+        (the ``min(k, filled)`` nearest while fewer than k entries are filled).
+
+        The search runs over the whole fixed-size queue with the unfilled entries masked to an
+        infinite distance, so its shapes never change and the host never reads the fill count:
+        no sync, and a compiled step is not recompiled as the queue fills. Call `push` first.
+        """
         # Direct differences, not the |x|^2 + |y|^2 - 2xy shortcut, which loses the small
         # distances (a vector to itself) to cancellation in float32.
-        dist = torch.cdist(vectors, entries, compute_mode="donot_use_mm_for_euclid_dist")
-        k = min(self.config.k, len(entries))
-        return dist.topk(k, dim=-1, largest=False).values.mean(-1)
+        dist = torch.cdist(vectors, self.queue, compute_mode="donot_use_mm_for_euclid_dist")
+        filled = torch.arange(len(self.queue), device=dist.device) < self.queue_count
+        dist = dist.masked_fill(~filled, torch.inf)
+        k = min(self.config.k, len(self.queue))
+        nearest = dist.topk(k, dim=-1, largest=False).values
+        # The unfilled entries sort last; with fewer than k filled, average the filled ones.
+        count = torch.clamp(self.queue_count, max=k).to(nearest.dtype)
+        return nearest.where(nearest.isfinite(), 0.0).sum(-1) / count
 
     def normalise(self, bonus: Tensor) -> Tensor:
         """Update the running mean of |bonus| with this batch, then divide by it (+ eps)."""
         return stream_normalise(bonus, self.norm_mag, self.config)
 
     @torch.no_grad()
-    def forward(self, af_feat: Tensor) -> tuple[Tensor, dict[str, float]]:
+    def forward(self, af_feat: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Action-free features [B, T, D] -> (beta * normalised bonus [B, T - w + 1], metrics).
 
         Mutates the queue and the normaliser: call once per replay batch.
@@ -124,10 +134,10 @@ class VideoIntrinsicBonus(nn.Module):
             raw = self.knn_distance(vectors)
             bonus = self.normalise(raw).reshape(batch, steps)
         metrics = {
-            "bonus_raw_mean": raw.mean().item(),
-            "bonus_mean": bonus.mean().item(),
-            "bonus_norm_mag": self.norm_mag.item(),
-            "bonus_queue_fill": int(self.queue_count) / self.config.queue_size,
+            "bonus_raw_mean": raw.mean(),
+            "bonus_mean": bonus.mean(),
+            "bonus_norm_mag": self.norm_mag.clone(),
+            "bonus_queue_fill": self.queue_count / self.config.queue_size,
         }
         return self.config.beta * bonus, metrics
 
@@ -165,7 +175,7 @@ class DisagreementBonus(nn.Module):
 
     def loss(
         self, feat: Tensor, action: Tensor, stoch: Tensor, is_first: Tensor
-    ) -> tuple[Tensor, dict[str, float]]:
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         """Squared error of each model on the replay transitions t -> t + 1 of a batch ->
         (loss, metrics). feat [B, T, F] (posterior features), action [B, T, A] (action[t] led
         to step t), stoch [B, T, ...] (posterior samples), is_first bool [B, T]."""
@@ -174,7 +184,7 @@ class DisagreementBonus(nn.Module):
         error = (self.predict(inputs, nxt).float() - target).pow(2).mean(-1)  # [K, B, T - 1]
         keep = (~is_first[:, 1:]).float()
         loss = (error * keep).sum() / (keep.sum() * len(self.heads)).clamp_min(1.0)
-        return loss, {"ensemble_loss": loss.item()}
+        return loss, {"ensemble_loss": loss.detach()}
 
     def imagined_reward(self, seq: dict[str, Tensor]) -> Tensor:
         """Bonus of imagined states: seq["feat"] [N, H + 1, F], seq["action"] [N, H + 1, A]

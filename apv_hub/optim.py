@@ -4,7 +4,6 @@ gradients averaged over processes) and optimiser state as safetensors + JSON (no
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,10 +19,23 @@ OPTIMIZERS_META = "optimizers.json"
 
 
 def make_adam(
-    params: Iterable[nn.Parameter], lr: float, eps: float = 1e-5, weight_decay: float = 1e-6
+    params: Iterable[nn.Parameter],
+    lr: float,
+    eps: float = 1e-5,
+    weight_decay: float = 1e-6,
+    fused: bool | None = None,
 ) -> torch.optim.Adam:
-    """Adam whose weight decay is added to the gradient (L2), as in the released code."""
-    return torch.optim.Adam(params, lr=lr, eps=eps, weight_decay=weight_decay)
+    """Adam whose weight decay is added to the gradient (L2), as in the released code.
+
+    ``fused`` (default: when every parameter is on a CUDA device) runs one fused kernel per
+    update instead of a few per parameter, and lets `apply_gradients` skip a non-finite step
+    on the device. The CPU default stays the per-parameter implementation, whose numbers the
+    golden tensors pin (the fused kernel rounds differently in the last bit).
+    """
+    params = list(params)
+    if fused is None:
+        fused = bool(params) and all(p.device.type == "cuda" for p in params)
+    return torch.optim.Adam(params, lr=lr, eps=eps, weight_decay=weight_decay, fused=fused)
 
 
 def apply_gradients(
@@ -32,8 +44,9 @@ def apply_gradients(
     params: Iterable[nn.Parameter],
     clip: float,
     accelerator: Any = None,
-) -> float:
-    """Backward, clip, step -> the gradient norm.
+) -> Tensor:
+    """Backward, clip, step -> the gradient norm, a 0-dim float32 tensor on the parameters'
+    device.
 
     Each of the optimiser's parameter groups is clipped to ``clip`` on its own, as the release
     clips each of its separate optimisers (the world model's two groups, REFERENCE 2b); the
@@ -43,8 +56,13 @@ def apply_gradients(
     are used, so mixed precision and gradient scaling work as configured there; with several
     processes the gradients are averaged across them before clipping (the agent's modules are
     not wrapped in DistributedDataParallel, so nothing else would synchronise them). A
-    non-finite gradient norm skips the step, so that one bad batch cannot poison the weights;
-    the returned norm tells the caller.
+    non-finite gradient norm skips the step (parameters and optimiser state untouched), so that
+    one bad batch cannot poison the weights; the returned norm tells the caller.
+
+    Nothing is read back to the host for a fused optimiser (`make_adam` on CUDA): the norm's
+    finiteness reaches the fused kernel as its ``found_inf`` flag, the mechanism of
+    ``torch.amp.GradScaler``, so a training step queues its kernels without waiting for the
+    device. Other optimisers need the decision on the host: one read of the norm.
     """
     params = list(params)
     optimizer.zero_grad(set_to_none=True)
@@ -55,13 +73,29 @@ def apply_gradients(
     if accelerator is not None and accelerator.num_processes > 1:
         average_gradients(params, accelerator)
     clip_fn = accelerator.clip_grad_norm_ if accelerator is not None else nn.utils.clip_grad_norm_
-    norms = [float(clip_fn(group["params"], clip)) for group in optimizer.param_groups]
-    norm = math.sqrt(sum(n * n for n in norms))
-    if math.isfinite(norm):
+    norms = [clip_fn(group["params"], clip) for group in optimizer.param_groups]
+    norm = norms[0] if len(norms) == 1 else torch.linalg.vector_norm(torch.stack(norms))
+    step_if_finite(optimizer, norm)
+    return norm.detach()
+
+
+def step_if_finite(optimizer: torch.optim.Optimizer, norm: Tensor) -> None:
+    """``optimizer.step()`` unless the gradient norm [] is non-finite (see `apply_gradients`)."""
+    # accelerate's AcceleratedOptimizer wraps the torch optimiser and calls its step().
+    inner = getattr(optimizer, "optimizer", optimizer)
+    if is_fused(inner):
+        inner.found_inf = (~torch.isfinite(norm)).float()
+        try:
+            optimizer.step()
+        finally:
+            inner.found_inf = None
+    elif torch.isfinite(norm):
         optimizer.step()
-    else:
-        optimizer.zero_grad(set_to_none=True)
-    return norm
+
+
+def is_fused(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether every parameter group of ``optimizer`` runs a fused kernel (``fused=True``)."""
+    return all(group.get("fused") for group in optimizer.param_groups)
 
 
 def average_gradients(params: Iterable[nn.Parameter], accelerator: Any) -> None:

@@ -111,8 +111,11 @@ class APVVideoModel(nn.Module, SafetensorsHubMixin, **VIDEO_MODEL_METADATA):
 
     def loss(
         self, frames: Tensor, is_first: Tensor | None = None
-    ) -> tuple[Tensor, dict[str, float]]:
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         """Negative ELBO of uint8 frames [B, T, C, H, W] -> (scalar loss, metrics).
+
+        The metrics are detached 0-dim tensors on the model's device: reading them is left to
+        the caller's log interval, so a training step never waits for the device.
 
         Image term: negative log-likelihood under a unit-variance Normal, summed over C x H x W and
         averaged over batch and time. KL term: balanced KL summed over the latents.
@@ -126,11 +129,11 @@ class APVVideoModel(nn.Module, SafetensorsHubMixin, **VIDEO_MODEL_METADATA):
         )
         loss = cfg.image_loss_scale * nll + cfg.kl_scale * kl_loss
         metrics = {
-            "loss": loss.item(),
-            "image_nll": nll.item(),
-            "image_mse": (recon.detach().float() - preprocess(frames)).pow(2).mean().item(),
-            "kl": kl_value.mean().item(),
-            "kl_loss": kl_loss.item(),
+            "loss": loss.detach(),
+            "image_nll": nll.detach(),
+            "image_mse": (recon.detach().float() - preprocess(frames)).pow(2).mean(),
+            "kl": kl_value.detach().mean(),
+            "kl_loss": kl_loss.detach(),
         }
         return loss, metrics
 

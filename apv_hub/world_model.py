@@ -237,7 +237,7 @@ class APVWorldModel(nn.Module):
 
     def loss(
         self, batch: dict[str, Tensor], bonus: nn.Module | None = None
-    ) -> tuple[Tensor, Observation, dict[str, float]]:
+    ) -> tuple[Tensor, Observation, dict[str, Tensor]]:
         """World-model loss of a replay batch -> (scalar loss, observation, metrics).
 
         batch: image uint8 [B, T, C, H, W], action [B, T, A], reward [B, T], is_first and
@@ -248,12 +248,12 @@ class APVWorldModel(nn.Module):
         check_batch(batch, self.video_config, self.action_dim)
         obs = self.observe(batch["image"], batch["action"], batch["is_first"])
         losses: dict[str, Tensor] = {}
-        metrics: dict[str, float] = {}
+        metrics: dict[str, Tensor] = {}  # Detached 0-dim tensors: no host sync per update.
         losses["image"] = image_nll(self.decoder(obs.feat), batch["image"])
         losses["kl"], kl_value = RSSM.kl_loss(
             obs.post, obs.prior, cfg.kl_balance, cfg.free_nats, cfg.free_avg
         )
-        metrics["kl"] = kl_value.mean().item()
+        metrics["kl"] = kl_value.detach().mean()
         scales = {
             "image": cfg.image_loss_scale,
             "kl": cfg.kl_scale,
@@ -265,7 +265,7 @@ class APVWorldModel(nn.Module):
             af_kl_loss, af_kl_value = RSSM.kl_loss(
                 obs.af_post, obs.af_prior, cfg.kl_balance, cfg.free_nats, cfg.free_avg
             )
-            metrics["af_kl"] = af_kl_value.mean().item()
+            metrics["af_kl"] = af_kl_value.detach().mean()
             # At scale 0 (fine-tuning default) the action-free RSSM learns only through af_feat.
             if cfg.af_kl_scale:
                 losses["af_kl"] = af_kl_loss
@@ -285,10 +285,10 @@ class APVWorldModel(nn.Module):
             target = 1.0 - batch["is_terminal"].float()
             losses["continuation"] = F.binary_cross_entropy_with_logits(logits, target)
         total = sum(scales[name] * value for name, value in losses.items())
-        metrics.update({f"{name}_loss": value.item() for name, value in losses.items()})
-        metrics["model_loss"] = total.item()
-        metrics["reward_target_mean"] = reward.mean().item()
-        metrics["reward_pred_mean"] = pred.mean().item()
+        metrics.update({f"{name}_loss": value.detach() for name, value in losses.items()})
+        metrics["model_loss"] = total.detach()
+        metrics["reward_target_mean"] = reward.detach().mean()
+        metrics["reward_pred_mean"] = pred.detach().mean()
         return total, obs, metrics
 
     # Imagination (the actor-critic's model interface) ------------------------------------------

@@ -7,8 +7,9 @@
         --warmup 10 --updates 50                                                     # on a GPU
 
 Prints a table over the variants eager fp32, eager bf16 (autocast around the whole update, as
-the fine-tuning trainer does), compiled fp32 and compiled bf16 (``torch.compile`` of the world
-model's loss and of the imagination rollout; backward passes and optimiser steps stay eager):
+the fine-tuning trainer does), compiled fp32 and compiled bf16
+(``APVAgent.compile_update``: the world model's loss, imagination with the actor loss, and the
+critic loss; backward passes and optimiser steps stay eager):
 seconds and updates per second, peak memory (GPU memory allocated on CUDA, the process's peak
 resident set on a CPU), kernels per update (``torch.profiler``: device kernels on CUDA,
 outermost aten operator calls on a CPU), the first call's time (compilation) and, compiled, the
@@ -62,8 +63,7 @@ def run(args: argparse.Namespace) -> dict:
     video = APVVideoModel(config.video).to(args.device)
     agent = APVAgent.from_video_model(video, config, args.action_dim)
     if variant.compiled:
-        agent.world_model.loss = torch.compile(agent.world_model.loss)
-        agent.behavior.imagine = torch.compile(agent.behavior.imagine)
+        agent.compile_update()
     optimizers = make_optimizers(agent)
     data = random_batch(config, args.action_dim, args.device, batch, length)
 

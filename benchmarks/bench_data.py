@@ -8,6 +8,9 @@ videos built here), the same clips -- the draws of ``ClipDataset`` items -- are 
 * loader: as ``ClipDataset`` items through ``torch.utils.data.DataLoader`` (batch 16) with 1 and
   2 worker processes (worker start-up included: it is part of what a training run pays).
 
+* cached: the same items read from the decoded uint8 clip cache (``ClipDataset.use_cache``,
+  built first: its build time is reported), through the same DataLoaders.
+
 The loader/raw ratio says what the dataset machinery costs on top of decoding (target >= 80%).
 """
 
@@ -86,6 +89,13 @@ def bench_corpus(name: str, corpus, args: argparse.Namespace) -> dict:
         out[f"loader_{workers}w_clips_per_s"] = round(n / seconds, 1)
         out[f"loader_{workers}w_frames_per_s"] = round(n * args.length / seconds, 1)
         out[f"loader_{workers}w_over_raw"] = round(raw / seconds, 2)
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        clips.use_cache(Path(tmp) / "cache", progress=False)
+        out["cache_build_s"] = round(time.perf_counter() - start, 2)
+        for workers in args.workers:
+            seconds = loader_decode(clips, args.batch, workers)
+            out[f"cached_{workers}w_clips_per_s"] = round(n / seconds, 1)
     return out
 
 

@@ -23,7 +23,7 @@ import argparse
 import torch
 
 from apv_hub import APVConfig, APVVideoModel
-from apv_hub.config import PRESETS
+from apv_hub.compilation import compile_step
 from apv_hub.optim import apply_gradients, make_adam
 from benchmarks.common import VARIANTS, autocast, variant_main, variant_parser, variant_row
 
@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> dict:
     cfg = APVConfig.preset(args.preset)
     batch, length = args.batch or cfg.batch_size, args.length or cfg.seq_len
     model = APVVideoModel(cfg).to(args.device).train()
-    loss_fn = torch.compile(model.loss) if variant.compiled else model.loss
+    loss_fn = compile_step(model.loss) if variant.compiled else model.loss
     opt = make_adam(model.parameters(), cfg.lr, cfg.adam_eps, cfg.weight_decay)
     size = cfg.image_size
     frames = torch.randint(0, 256, (batch, length, 3, size, size), dtype=torch.uint8)
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = variant_parser(__doc__, QUICK)
-    parser.add_argument("--preset", default="small", choices=sorted(PRESETS))
+    parser.add_argument("--preset", default="small", choices=sorted(APVConfig.PRESETS))
     parser.add_argument("--batch", type=int, default=None, help="default: the preset's")
     parser.add_argument("--length", type=int, default=None, help="default: the preset's")
     parser.add_argument("--steps", type=int, default=5, help="timed steps")

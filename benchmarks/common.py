@@ -115,14 +115,7 @@ def count_kernels(fn: Callable[[], object], device: str) -> int:
     with torch.profiler.profile(activities=activities) as prof:
         fn()
         sync(device)
-    events = prof.events()
-    if cuda:
-        return sum(1 for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
-
-    def is_aten(event: object) -> bool:
-        return event is not None and event.name.startswith("aten::")
-
-    return sum(1 for e in events if is_aten(e) and not is_aten(e.cpu_parent))
+    return kernels_of(prof.events(), device)
 
 
 def compile_counters() -> dict[str, int]:
@@ -247,11 +240,16 @@ def run_variants(script: str, variants: list[str], options: dict[str, object]) -
 
 
 def print_table(
-    rows: list[dict], header: list[str], step: str = "step", json_rows: list[dict] | None = None
+    rows: list[dict],
+    header: list[str],
+    step: str = "step",
+    json_rows: list[dict] | None = None,
+    columns: tuple[tuple[str, str], ...] | None = None,
 ) -> None:
     """A Markdown table of the variant rows after lines describing the setting (a ``step`` is
-    what one row times: "step", "update"), then, if given, the rows as JSON."""
-    columns = (
+    what one row times: "step", "update"), then, if given, the rows as JSON. ``columns``:
+    (row key, title) pairs (default: those of the model-level benchmarks)."""
+    columns = columns or (
         ("variant", "variant"),
         ("seconds_per_step", f"s / {step}"),
         ("steps_per_second", f"{step}s / s"),
@@ -281,3 +279,171 @@ def print_table(
 
 def load_average() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+# Variants of a training-loop benchmark ------------------------------------------------------------
+
+# name -> (precision, compile, compile mode); graph-captured (CUDA graphs) needs CUDA.
+LOOP_VARIANTS: dict[str, tuple[str, bool, str]] = {
+    "eager_fp32": ("fp32", False, "default"),
+    "eager_bf16": ("bf16", False, "default"),
+    "compiled_bf16": ("bf16", True, "default"),
+    "graphs_bf16": ("bf16", True, "reduce-overhead"),
+}
+
+
+def loop_overrides(variant: str) -> dict[str, object]:
+    """The trainer config fields of a loop variant."""
+    precision, compiled, mode = LOOP_VARIANTS[variant]
+    return {"precision": precision, "compile": compiled, "compile_mode": mode}
+
+
+class StepProfiler:
+    """Counts what one training step launches inside a real training loop, with ``torch.profiler``
+    (see `count_kernels`): from the ``at``-th ``optimizer.step()`` of the optimiser ``target``
+    returns (a function of the optimiser: the loops do not hand theirs out before they run) to
+    the next one, so the window is one whole loop iteration. Also records the frames Dynamo had
+    compiled at that point, so that recompilations after it can be counted."""
+
+    def __init__(self, at: int, device: str, target: Callable[[torch.optim.Optimizer], bool]):
+        self.at, self.device, self.target = at, device, target
+        self.seen, self.profile, self.kernels = 0, None, None
+        self.frames_at_start: int | None = None
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        self.handle = register_optimizer_step_post_hook(self.hook)
+
+    def hook(self, optimizer: torch.optim.Optimizer, *_: object) -> None:
+        if not self.target(optimizer):
+            return
+        self.seen += 1
+        if self.seen == self.at:
+            from apv_hub.compilation import compiled_frames
+
+            self.frames_at_start = compiled_frames()
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            if self.device.startswith("cuda"):
+                activities.append(torch.profiler.ProfilerActivity.CUDA)
+            self.profile = torch.profiler.profile(activities=activities)
+            self.profile.__enter__()
+        elif self.seen == self.at + 1 and self.profile is not None:
+            sync(self.device)
+            self.profile.__exit__(None, None, None)
+            self.kernels = kernels_of(self.profile.events(), self.device)
+            self.profile = None
+            self.handle.remove()
+
+    def recompiles(self) -> int | None:
+        """Frames Dynamo compiled after the profiled step began (0: no recompilation)."""
+        from apv_hub.compilation import compiled_frames
+
+        return None if self.frames_at_start is None else compiled_frames() - self.frames_at_start
+
+
+def kernels_of(events: list, device: str) -> int:
+    """Kernels in profiler events: device events on CUDA, outermost aten calls on a CPU."""
+    if device.startswith("cuda"):
+        return sum(1 for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
+
+    def is_aten(event: object) -> bool:
+        return event is not None and event.name.startswith("aten::")
+
+    return sum(1 for e in events if is_aten(e) and not is_aten(e.cpu_parent))
+
+
+LOOP_COLUMNS = (
+    ("variant", "variant"),
+    ("steps_per_second", "steps / s"),
+    ("updates_per_second", "updates / s"),
+    ("env_steps_per_second", "env steps / s"),
+    ("peak_memory_mib", "peak memory MiB"),
+    ("kernels_per_step", "kernels / step"),
+    ("data_wait_fraction", "data wait"),
+    ("recompiles", "recompiles after warm-up"),
+    ("first_window_s", "warm-up s"),
+)
+
+
+def print_loop_table(rows: list[dict], header: list[str]) -> None:
+    """The variant table of a loop benchmark (the columns that apply) after its header lines."""
+    columns = tuple((k, t) for k, t in LOOP_COLUMNS if k == "variant" or any(k in r for r in rows))
+    print_table(rows, header, columns=columns)
+
+
+def report_loop(
+    rows: list[dict], describe: Callable[[dict], str], load_before: str, json_path: str | None
+) -> None:
+    """Print a loop benchmark's table: ``describe(first good row)``, the device and load line,
+    the rows; also write them to ``json_path`` if given."""
+    first = next((r for r in rows if "error" not in r), {})
+    header = [
+        describe(first),
+        f"device {first.get('device')}, torch {first.get('torch')}, {os.cpu_count()} CPUs; "
+        f"load average before {load_before}, after {load_average()}",
+    ]
+    print_loop_table(rows, header)
+    if json_path:
+        Path(json_path).write_text(json.dumps(rows, indent=2))
+
+
+def loop_parser(doc: str | None, quick: dict[str, object]) -> argparse.ArgumentParser:
+    """The options every loop benchmark has; ``quick`` is what ``--quick`` sets."""
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    parser.add_argument("--variants", nargs="+", choices=sorted(LOOP_VARIANTS), default=None)
+    parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS of the runs")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds per variant")
+    parser.add_argument("--quick", action="store_true", help=f"CPU smoke run: {quick}, eager")
+    parser.add_argument("--json", help="also write the rows here")
+    parser.add_argument("--one-variant", choices=sorted(LOOP_VARIANTS), help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    return parser
+
+
+def loop_setup(
+    args: argparse.Namespace,
+    quick: dict[str, object],
+    run_one: Callable[[argparse.Namespace], dict],
+) -> list[str] | None:
+    """Apply ``--quick``; in a child (``--one-variant``) run ``run_one`` and print its row
+    (-> None); else -> the variants to run (default: every one the device has; ``--quick``:
+    the eager ones)."""
+    if args.quick:
+        vars(args).update(quick)
+    if args.one_variant:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        print(json.dumps(run_one(args)))
+        return None
+    if args.variants:
+        return args.variants
+    if args.quick:
+        return ["eager_fp32", "eager_bf16"]
+    return [v for v in LOOP_VARIANTS if torch.cuda.is_available() or v != "graphs_bf16"]
+
+
+def run_loop_variant(
+    script: str, variant: str, options: dict[str, object], threads: int | None, timeout: float
+) -> dict:
+    """``script --one-variant variant --key=value ...`` in a fresh process -> the JSON row it
+    prints last (with its wall time), or the error it ended with."""
+    argv = [f"--{k}={v}" for k, v in options.items() if v is not None]
+    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    start = time.perf_counter()
+    try:
+        done = subprocess.run(
+            [sys.executable, script, "--one-variant", variant, *argv],
+            capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return {"variant": variant, "error": f"did not finish within {timeout:.0f} s"}
+    if done.returncode:
+        print(f"{variant} failed:\n{done.stderr[-3000:]}", file=sys.stderr)
+        tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        return {"variant": variant, "error": tail[:200]}
+    row = json.loads(done.stdout.strip().splitlines()[-1])
+    row["wall_s"] = round(time.perf_counter() - start, 1)
+    print(json.dumps(row), file=sys.stderr, flush=True)
+    return row

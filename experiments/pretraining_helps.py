@@ -65,7 +65,6 @@ from apv_hub.evaluation.probe import (
     target_groups,
 )
 from apv_hub.io import write_atomic, write_json
-from apv_hub.optim import apply_gradients
 from apv_hub.replay import ReplayBuffer, load_episode, save_episode
 from apv_hub.training.configs import PretrainConfig
 from apv_hub.training.pretrain import pretrain
@@ -289,7 +288,7 @@ def held_out_losses(agent: APVAgent, windows: dict[str, torch.Tensor]) -> dict[s
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         _, _, metrics = model.loss(batch)
-    return {"reward_loss": metrics["reward_loss"], "image_loss": metrics["image_loss"]}
+    return {name: float(metrics[name]) for name in ("reward_loss", "image_loss")}
 
 
 def train_world_model(
@@ -324,15 +323,7 @@ def train_world_model(
             break
         agent.world_model.train()
         batch = replay.sample(scale.batch_size, scale.seq_len, device)
-        loss, _, _ = agent.world_model.loss(batch)
-        hold = (
-            agent.world_model.pretrained_parameters()
-            if update < wm_config.freeze_pretrained_updates
-            else []
-        )
-        apply_gradients(
-            loss, optimizer, agent.world_model.parameters(), wm_config.grad_clip, None, hold
-        )
+        agent.update_world_model(batch, optimizer, update < wm_config.freeze_pretrained_updates)
     return curve
 
 

@@ -73,7 +73,7 @@ def test_bonus_matches_slow_reference_across_queue_wraparound() -> None:
         expected = torch.tensor(slow(feat), dtype=torch.float64)
         assert got.shape == (2, 5)
         torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-6)
-        assert metrics["bonus_norm_mag"] == pytest.approx(slow.mag, rel=1e-6)
+        assert float(metrics["bonus_norm_mag"]) == pytest.approx(slow.mag, rel=1e-6)
     assert int(bonus.queue_count) == config.queue_size
 
 

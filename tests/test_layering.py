@@ -20,6 +20,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "apv_hub.config",
             "apv_hub.weights",
             "apv_hub.optim",
+            "apv_hub.compilation",
             "apv_hub.seeding",
             "apv_hub.cli",
             "apv_hub.cards",

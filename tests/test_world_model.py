@@ -141,7 +141,7 @@ def test_loss_is_the_weighted_sum_and_af_rssm_learns_through_af_feat() -> None:
         return loss, metrics, model
 
     loss0, m0, model = run(0.0)
-    parts = m0["image_loss"] + m0["kl_loss"] + m0["reward_loss"]
+    parts = float(m0["image_loss"] + m0["kl_loss"] + m0["reward_loss"])
     assert loss0.item() == pytest.approx(parts, rel=1e-6)
     assert "af_kl_loss" not in m0
     # At action-free KL scale 0, the action-free RSSM still learns through af_feat; only its
@@ -151,7 +151,7 @@ def test_loss_is_the_weighted_sum_and_af_rssm_learns_through_af_feat() -> None:
         reached = p.grad is not None and p.grad.abs().sum() > 0
         assert reached == (not name.startswith("img_out")), name
     loss1, m1, _ = run(1.0)
-    assert loss1.item() == pytest.approx(loss0.item() + m1["af_kl_loss"], rel=1e-6)
+    assert loss1.item() == pytest.approx(loss0.item() + float(m1["af_kl_loss"]), rel=1e-6)
 
 
 def test_bonus_shortens_the_reward_target() -> None:
@@ -162,6 +162,7 @@ def test_bonus_shortens_the_reward_target() -> None:
     bonus = VideoIntrinsicBonus(model.af_feat_dim, TINY.intrinsic)
     batch = random_batch(TINY, batch=2)
     _, _, metrics = model.loss(batch, bonus)
+    metrics = {k: float(v) for k, v in metrics.items()}
     steps = TINY.seq_len - TINY.intrinsic.window + 1
     assert int(bonus.queue_count) == 2 * steps
     # The target mean includes the (positive) bonus on the first T - window + 1 steps.

@@ -25,6 +25,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -34,6 +35,9 @@ from apv_hub.data.corpus import load_video_corpus
 from apv_hub.data.report import SkipReport
 from apv_hub.data.video import VideoError, center_crop, decode_frames, decode_size
 from apv_hub.hub import hub_failure
+
+if TYPE_CHECKING:
+    from apv_hub.data.clip_cache import ClipCache
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +116,7 @@ class ClipDataset(torch.utils.data.Dataset):
         self._videos = [c.select_columns(["video"]) for c in self.corpora]
         self.stats = {"clips": 0, "failed_draws": 0}
         self._bad_rows: set[tuple[int, int]] = set()
+        self.cache: ClipCache | None = None  # Set by use_cache.
         if self.excluded.total:
             logger.warning("ClipDataset (rank %d): %s", rank, self.excluded.summary())
 
@@ -246,13 +251,44 @@ class ClipDataset(torch.utils.data.Dataset):
         bad = np.bincount([c for c, _ in self._bad_rows], minlength=len(self._pools))
         return all(bad[c] >= len(p.rows) for c, p in enumerate(self._pools) if self.weights[c] > 0)
 
+    def use_cache(self, folder: str | Path, progress: bool = True) -> ClipCache:
+        """Read clips from the decoded clip cache of this shard in ``folder`` (built now, with
+        a progress bar, unless a finished cache of the same corpora and settings is there; see
+        `apv_hub.data.clip_cache`). The items stay the same."""
+        from apv_hub.data.clip_cache import ClipCache
+
+        self.cache = ClipCache.open_or_build(folder, self, progress)
+        return self.cache
+
+    def pool_videos(self, corpus: int) -> list[dict]:
+        """What describes each video of corpus ``corpus`` this shard draws from, in pool order:
+        key, num_frames, height, width (what a clip cache's manifest is checked against)."""
+        pool = self._pools[corpus]
+        return [
+            {"key": key, "num_frames": int(n), "height": int(h), "width": int(w)}
+            for key, n, h, w in zip(
+                pool.keys, pool.num_frames, pool.heights, pool.widths, strict=True
+            )
+        ]
+
+    def decode_video(self, corpus: int, pos: int) -> np.ndarray:
+        """Every frame of video ``pos`` of a corpus's pool, at the clip size: uint8 [N, 3, H, W]."""
+        return self._decode_frames(corpus, pos, 0, int(self._pools[corpus].num_frames[pos]), 1)
+
     def _decode(self, corpus: int, pos: int, start: int) -> np.ndarray:
         """One clip -> uint8 [T, 3, H, W]."""
+        if self.cache is not None:
+            return self.cache.clip(corpus, pos, start, self.length, self.stride)
+        return self._decode_frames(corpus, pos, start, self.length, self.stride)
+
+    def _decode_frames(
+        self, corpus: int, pos: int, start: int, length: int, stride: int
+    ) -> np.ndarray:
         pool = self._pools[corpus]
         row = int(pool.rows[pos])
         data = self._videos[corpus][row]["video"]
         video = (int(pool.num_frames[pos]), int(pool.heights[pos]), int(pool.widths[pos]))
-        return decode_clip(data, *video, start, self.length, self.stride, self.size, self.resize)
+        return decode_clip(data, *video, start, length, stride, self.size, self.resize)
 
 
 def check_clip_args(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from apv_hub.compilation import COMPILE_MODES
 from apv_hub.config import VARIANTS, AgentConfig, APVConfig
 from apv_hub.config_base import ConfigError, merge, option
 from apv_hub.training.run import RunConfig
@@ -82,6 +83,11 @@ class CorpusRunConfig(RunConfig):
         return [f"{n} (weight {w / total:.3g})" for n, w in zip(names, self.weights, strict=True)]
 
 
+def check_compile_mode(mode: str) -> None:
+    if mode not in COMPILE_MODES:
+        raise ConfigError(f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
+
+
 class PretrainConfig(CorpusRunConfig):
     """Everything a pre-training run is built from.
 
@@ -100,12 +106,27 @@ class PretrainConfig(CorpusRunConfig):
     eval_every: int = option(5000, "steps between open-loop prediction videos", resumable=True)
     eval_clips: int = option(4, "clips in the prediction video", resumable=True)
     eval_context: int = option(5, "context frames the model sees before predicting", resumable=True)
-    compile: bool = option(False, "torch.compile the loss computation")
+    compile: bool = option(False, "torch.compile the loss computation (static shapes)")
+    compile_mode: str = option(
+        "default", "torch.compile mode: default, reduce-overhead (CUDA graphs) or max-autotune"
+    )
+    clip_cache: str | None = option(
+        None,
+        "folder of a decoded uint8 clip cache (built there on first use, one shard per process, "
+        "rebuilt when the corpora or clip settings change): no video decoding during training",
+        resumable=True,
+    )
 
-    LEGACY: ClassVar[dict[str, Any]] = {**RunConfig.LEGACY, "init_revision": None}
+    LEGACY: ClassVar[dict[str, Any]] = {
+        **RunConfig.LEGACY,
+        "init_revision": None,
+        "compile_mode": "default",
+        "clip_cache": None,
+    }
 
     def validate(self) -> None:
         super().validate()
+        check_compile_mode(self.compile_mode)
         for name in ("stride", "steps", "eval_every", "eval_clips"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -283,12 +304,18 @@ class FinetuneConfig(RunConfig):
     relabel_segment: int = option(
         64, "variant viper: steps per environment scored in one reward-model call"
     )
+    compile: bool = option(False, "torch.compile the update's loss computations (static shapes)")
+    compile_mode: str = option(
+        "default", "torch.compile mode: default, reduce-overhead (CUDA graphs) or max-autotune"
+    )
 
     # Runs saved before a field existed keep what they did then.
     LEGACY: ClassVar[dict[str, Any]] = {
         **RunConfig.LEGACY,
         "pretrained_revision": None,
         "eval_from_prefill": False,
+        "compile": False,
+        "compile_mode": "default",
     }
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         # REFERENCE section 2, Meta-world: 256K steps, prefill 5000, 100 pretrain updates, 10
@@ -340,6 +367,7 @@ class FinetuneConfig(RunConfig):
 
     def validate(self) -> None:
         super().validate()
+        check_compile_mode(self.compile_mode)
         self.variant = canonical_variant(self.variant)
         for name in (
             "total_env_steps", "train_every", "train_steps", "num_envs", "replay_capacity",

@@ -134,6 +134,8 @@ class Finetuner:
         self.agent.to(self.run.device)
         self.run.broadcast_module(self.agent)
         self.run.watch(self.agent)
+        if cfg.compile:
+            self.agent.compile_update(cfg.compile_mode)
         self.optimizers = prepare_optimizers(accelerator, self.agent.make_optimizers())
         self.replay = make_replay(
             max(1, cfg.replay_capacity // self.world), derive_seed(cfg.seed, "replay", self.rank)
@@ -252,16 +254,22 @@ class Finetuner:
         with run.accelerator.autocast():
             metrics = self.agent.update(batch, self.optimizers, accelerator=run.accelerator)
         self.window.add(metrics)
-        # Gradient norms are computed after the all-reduce, so every rank decides alike.
-        bad = sorted(k for k, v in metrics.items() if not np.isfinite(float(v)))
-        finite = not any(k.endswith("grad_norm") for k in bad)
+        # Gradient norms are computed after the all-reduce, so every rank decides alike. The
+        # verdict stays on the device until the next log row or checkpoint (no host sync).
+        norms = [
+            torch.as_tensor(v, device=run.device)
+            for k, v in metrics.items()
+            if k.endswith("grad_norm")
+        ]
+        finite = torch.stack(norms).isfinite().all() if norms else torch.tensor(True)
         where = f"update {self.agent.num_updates} at {self.counters.env_steps} env steps"
-        self.guard.observe(finite, where, f"{', '.join(bad)} non-finite", run.checkpoint)
+        self.guard.defer(finite, where, metrics)
 
     # Records -------------------------------------------------------------------------------
 
     def _log(self, bar: Any) -> None:
         run, counters = self.run, self.counters
+        self.guard.flush(run.checkpoint)
         means = run.reduce(self.window)
         episodes = run.gather(self.finished)
         self.window, self.finished = MetricWindow(), []
@@ -341,6 +349,7 @@ class Finetuner:
 
     def _save_checkpoint(self) -> None:
         run, step = self.run, self.counters.env_steps
+        self.guard.flush(run.checkpoint)
         previous = list_checkpoints(run.paths.checkpoints)
         digest = tensor_digest(dict(self.agent.named_parameters()))
         digests = run.gather([digest])

@@ -21,7 +21,6 @@ optimisation does not depend on how many processes share the work.
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from apv_hub.compilation import begin_step, compile_step, keep
 from apv_hub.optim import apply_gradients, load_optimizer_state, make_adam, save_optimizer_state
 from apv_hub.seeding import derive_seed
 from apv_hub.training.configs import PretrainConfig
@@ -50,11 +50,19 @@ LOSS_TERMS = ("loss", "image_nll", "image_mse", "kl", "kl_loss")
 VIDEO_FPS = 10
 
 
-def make_clips(config: PretrainConfig, rank: int, world_size: int, num_clips: int, seed: int):
-    """The ClipDataset of one process: its shard of the videos, ``num_clips`` items."""
+def make_clips(
+    config: PretrainConfig,
+    rank: int,
+    world_size: int,
+    num_clips: int,
+    seed: int,
+    cache: bool = False,
+):
+    """The ClipDataset of one process: its shard of the videos, ``num_clips`` items; read from
+    ``config.clip_cache`` with ``cache`` (built there first if needed)."""
     from apv_hub.data import ClipDataset
 
-    return ClipDataset(
+    clips = ClipDataset(
         config.corpora(),
         length=config.model.seq_len,
         stride=config.stride,
@@ -67,6 +75,9 @@ def make_clips(config: PretrainConfig, rank: int, world_size: int, num_clips: in
         rank=rank,
         world_size=world_size,
     )
+    if cache and config.clip_cache is not None:
+        clips.use_cache(config.clip_cache, progress=rank == 0)
+    return clips
 
 
 def build_model(config: PretrainConfig) -> APVVideoModel:
@@ -106,13 +117,16 @@ class Pretrainer:
         accelerator = make_accelerator(cfg.precision)
         self.local_batch = local_batch(accelerator, cfg.model.batch_size, "model.batch_size")
         rank, world_size = accelerator.process_index, accelerator.num_processes
-        self.clips = make_clips(cfg, rank, world_size, cfg.steps * self.local_batch, self.data_seed)
+        self.clips = make_clips(
+            cfg, rank, world_size, cfg.steps * self.local_batch, self.data_seed, cache=True
+        )
         self.eval_frames = self._eval_frames()
         self.model = build_model(cfg).to(accelerator.device)
         self.params = list(self.model.parameters())
         adam = make_adam(self.params, cfg.model.lr, cfg.model.adam_eps, cfg.model.weight_decay)
         self.optimizers = prepare_optimizers(accelerator, {"model": adam})
-        self.loss_fn = torch.compile(self.model.loss) if cfg.compile else self.model.loss
+        self.compile_mode = cfg.compile_mode if cfg.compile else None
+        self.loss_fn = compile_step(self.model.loss, cfg.compile_mode) if cfg.compile else None
         self.run = Run(
             cfg,
             out,
@@ -192,17 +206,21 @@ class Pretrainer:
     def _train_step(self, frames: Tensor, window: MetricWindow) -> None:
         cfg, run = self.config, self.run
         torch.manual_seed(derive_seed(cfg.seed, "steps", run.rank, self.step))
+        begin_step(self.compile_mode)
         with run.accelerator.autocast():
-            loss, metrics = self.loss_fn(frames)
+            loss, metrics = (self.loss_fn or self.model.loss)(frames)
+        if self.compile_mode is not None:
+            metrics = keep(metrics)
         norm = apply_gradients(
             loss, self.optimizers["model"], self.params, cfg.model.grad_clip, run.accelerator
         )
         self.step += 1
-        finite = math.isfinite(norm) and math.isfinite(metrics["loss"])
-        values = ", ".join(f"{k}={v:.4g}" for k, v in {**metrics, "grad_norm": norm}.items())
+        # Decided on the device, read back at the next log row or checkpoint (no host sync).
+        metrics = {**metrics, "grad_norm": norm}
+        finite = torch.isfinite(norm) & torch.isfinite(metrics["loss"])
         where = f"training step {self.step} (of {cfg.steps}) on process {run.rank}"
-        self.guard.observe(finite, where, values, run.checkpoint)
-        window.add({**metrics, "grad_norm": norm})
+        self.guard.defer(finite, where, metrics)
+        window.add(metrics)
 
     def _note_batch(self, batch: dict) -> None:
         self.failed_draws += int(batch["failed_draws"].sum())
@@ -219,6 +237,7 @@ class Pretrainer:
     def _log(self, window: MetricWindow) -> dict[str, Any]:
         """Average the window over steps and processes and log it; returns the row."""
         cfg = self.config
+        self.guard.flush(self.run.checkpoint)
         means = self.run.reduce(window)
         seconds = time.perf_counter() - window.start
         steps_per_sec = window.steps / seconds
@@ -254,6 +273,8 @@ class Pretrainer:
     # Checkpoints ------------------------------------------------------------------------------
 
     def _save_checkpoint(self) -> None:
+        self.guard.flush(self.run.checkpoint)
+
         def write(folder: Path) -> None:
             if self.run.is_main:
                 self.model.training_info = self.training_info()

@@ -341,26 +341,42 @@ class MetricWindow:
         self.steps += 1
 
     def local_sums(self) -> tuple[list[str], Tensor]:
-        """(keys, float64 [K, 2]: sum of the finite values, how many were finite)."""
+        """(keys, float64 [K, 2] on the CPU: sum of the finite values, how many were finite).
+
+        The sums are formed where the values live and read back in one transfer."""
         keys = sorted(self.values)
+        if not keys:
+            return keys, torch.zeros(0, 2, dtype=torch.float64)
+        device = next(
+            (v.device for vs in self.values.values() for v in vs if isinstance(v, Tensor)),
+            torch.device("cpu"),
+        )
         rows = []
         for key in keys:
             values = torch.stack(
-                [torch.as_tensor(v).detach().double().cpu() for v in self.values[key]]
+                [torch.as_tensor(v).detach().to(device, torch.float64) for v in self.values[key]]
             )
             finite = torch.isfinite(values)
             rows.append(torch.stack([values.where(finite, 0.0).sum(), finite.sum().double()]))
-        return keys, torch.stack(rows) if rows else torch.zeros(0, 2, dtype=torch.float64)
+        return keys, torch.stack(rows).cpu()
 
 
 class NonFiniteGuard:
     """Counts consecutive non-finite steps (each one skipped by the optimiser step) and stops the
-    run when there are more than ``limit`` in a row, naming the step and the last checkpoint."""
+    run when there are more than ``limit`` in a row, naming the step and the last checkpoint.
+
+    A trainer either decides per step on the host (`observe`) or, to keep the device busy,
+    `defer`s each step's device-side verdict and `flush`es at its log rows, checkpoints and end:
+    one read for all the steps since the last flush, then the same decisions in step order (a
+    run that must stop stops at the flush, with the message of the step that tripped it; the
+    skipped steps in between left the weights untouched).
+    """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.consecutive = 0
         self.total = 0
+        self.pending: list[tuple[Tensor, str, Mapping[str, Tensor | float]]] = []
 
     def observe(self, finite: bool, where: str, detail: str, checkpoint: Path | None) -> None:
         if finite:
@@ -370,11 +386,31 @@ class NonFiniteGuard:
         self.consecutive += 1
         message = f"non-finite {where}: {detail}; the step was skipped"
         if self.consecutive >= self.limit:
+            self.pending = []
             raise DivergenceError(
                 f"{message}. {self.consecutive} non-finite step(s) in a row "
                 f"(max_nonfinite_steps={self.limit}): {divergence_advice(checkpoint)}"
             )
         warnings.warn(message, stacklevel=3)
+
+    def defer(self, finite: Tensor, where: str, metrics: Mapping[str, Tensor | float]) -> None:
+        """Queue one step: ``finite`` a bool tensor [] (on the device), ``metrics`` its values
+        (named in the message when non-finite)."""
+        self.pending.append((finite.detach(), where, dict(metrics)))
+
+    def flush(self, checkpoint: Path | None) -> None:
+        """Decide every deferred step, in order (`observe`); one host read for all of them."""
+        if not self.pending:
+            return
+        pending, self.pending = self.pending, []
+        verdicts = torch.stack([finite.reshape(()) for finite, _, _ in pending]).tolist()
+        for finite, (_, where, metrics) in zip(verdicts, pending, strict=True):
+            detail = ""
+            if not finite:
+                values = {k: float(v) for k, v in metrics.items()}
+                bad = [f"{k}={v:.4g}" for k, v in values.items() if not math.isfinite(v)]
+                detail = ", ".join(bad) or "no metric non-finite"
+            self.observe(finite, where, detail, checkpoint)
 
 
 class Run:

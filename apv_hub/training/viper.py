@@ -359,7 +359,7 @@ class VIPERTrainer:
         metrics["restarted_codes"] = self._restart_dead_codes()
         self._observe("tokenizer", metrics, norms, window, lr=lr)
 
-    def _apply(self, loss: Tensor, name: str) -> float:
+    def _apply(self, loss: Tensor, name: str) -> Tensor:
         """Backward and a clipped step of optimiser ``name`` on its parameters -> grad norm."""
         return apply_gradients(
             loss,
