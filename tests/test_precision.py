@@ -20,6 +20,7 @@ naive_finetune's 22% (torch: at most 0.3%), a sampling difference, not a float32
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator
 
@@ -29,9 +30,11 @@ import torch
 from apv_hub.agent import make_optimizers
 from apv_hub.behavior import ActorCritic, lambda_return
 from apv_hub.config import VARIANTS, AgentConfig, APVConfig
+from apv_hub.training.finetune import finetune
 from apv_hub.video_model import APVVideoModel
 from apv_hub.world_model import APVWorldModel
 from tests.agent_helpers import ACTION_DIM, random_batch
+from tests.finetune_helpers import slide_config
 from tests.golden import EXTRA, build_agent, frames_and_batch
 
 # The initialisation the tolerances were measured with (module docstring).
@@ -169,3 +172,29 @@ def test_lambda_return_of_bf16_inputs_is_computed_in_float32() -> None:
     # The same as float32 maths on the bf16-rounded inputs, bit for bit.
     want = lambda_return(*(x.float() for x in rounded), 0.95)
     assert torch.equal(got, want)
+
+
+def test_a_short_finetuning_run_in_bf16_completes_on_the_cpu(tmp_path) -> None:
+    """`--precision bf16` honoured on the CPU (autocast through Accelerate): a run with
+    updates, an evaluation and a checkpoint finishes, and its logged losses are finite."""
+    config = slide_config(
+        "apv_no_pretrain",
+        precision="bf16",
+        total_env_steps=120,
+        prefill=60,
+        pretrain_updates=2,
+        train_every=10,
+        eval_every=120,
+        eval_episodes=1,
+        checkpoint_every=120,
+        log_every=60,
+        **{"agent.batch_size": 2, "agent.seq_len": 8},
+    )
+    model = finetune(config, tmp_path / "run")
+    assert model is not None and (model / "model.safetensors").is_file()
+    rows = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert rows and rows[-1]["progress/updates"] > 0
+    for key in ("train/model_loss", "train/actor_loss", "train/critic_loss"):
+        assert all(math.isfinite(row[key]) for row in rows), key
+    assert rows[-1]["progress/nonfinite_updates"] == 0
+    assert json.loads((tmp_path / "run" / "eval.json").read_text()), "no evaluation"
