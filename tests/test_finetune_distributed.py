@@ -75,8 +75,9 @@ def test_two_processes_share_one_agent_and_count_steps_globally(tmp_path: Path) 
     # Updates follow the global schedule: 2 when prefill ends, then one per 10 policy steps.
     agent = APVAgent.from_pretrained(out / "model")
     assert agent.num_updates == 2 + (240 - 80) // 10
-    # Evaluation episodes were split over the ranks and gathered: three per curve row.
+    # Evaluation episodes were split over the ranks and gathered: three per curve row, at the
+    # release's points (when prefill ends, every eval_every from there) and at the end.
     rows = json.loads((out / "eval.json").read_text())
-    assert [(r["env_steps"], r["eval_episodes"]) for r in rows] == [(120, 3), (240, 3)]
+    assert [(r["env_steps"], r["eval_episodes"]) for r in rows] == [(80, 3), (200, 3), (240, 3)]
     # Only the main process wrote the run's records.
     assert len(list((out / "logs").iterdir())) == 1
