@@ -22,7 +22,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -30,12 +34,13 @@ import torch
 from apv_hub.agent import make_optimizers
 from apv_hub.behavior import ActorCritic, lambda_return
 from apv_hub.config import VARIANTS, AgentConfig, APVConfig
-from apv_hub.training.finetune import finetune
 from apv_hub.video_model import APVVideoModel
 from apv_hub.world_model import APVWorldModel
 from tests.agent_helpers import ACTION_DIM, random_batch
 from tests.finetune_helpers import slide_config
 from tests.golden import EXTRA, build_agent, frames_and_batch
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # The initialisation the tolerances were measured with (module docstring).
 INIT = "torch"
@@ -175,11 +180,11 @@ def test_lambda_return_of_bf16_inputs_is_computed_in_float32() -> None:
 
 
 def test_a_short_finetuning_run_in_bf16_completes_on_the_cpu(tmp_path) -> None:
-    """`--precision bf16` honoured on the CPU (autocast through Accelerate): a run with
-    updates, an evaluation and a checkpoint finishes, and its logged losses are finite."""
+    """`finetune.py --precision bf16` honoured on the CPU (autocast through Accelerate): a run
+    with updates, an evaluation and a checkpoint finishes, and its logged losses are finite.
+    A process of its own: Accelerate's state, bf16 here, is one per process."""
     config = slide_config(
         "apv_no_pretrain",
-        precision="bf16",
         total_env_steps=120,
         prefill=60,
         pretrain_updates=2,
@@ -190,11 +195,28 @@ def test_a_short_finetuning_run_in_bf16_completes_on_the_cpu(tmp_path) -> None:
         log_every=60,
         **{"agent.batch_size": 2, "agent.seq_len": 8},
     )
-    model = finetune(config, tmp_path / "run")
-    assert model is not None and (model / "model.safetensors").is_file()
-    rows = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    config.save(tmp_path / "config.json")
+    out = tmp_path / "run"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        "OMP_NUM_THREADS": "1",
+    }
+    command = [sys.executable, str(ROOT / "finetune.py"), "--config", str(tmp_path / "config.json")]
+    result = subprocess.run(
+        [*command, "--precision", "bf16", "--out", str(out)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert json.loads((out / "run_config.json").read_text())["precision"] == "bf16"
+    assert (out / "model" / "model.safetensors").is_file()
+    rows = json.loads((out / "metrics.json").read_text())
     assert rows and rows[-1]["progress/updates"] > 0
     for key in ("train/model_loss", "train/actor_loss", "train/critic_loss"):
         assert all(math.isfinite(row[key]) for row in rows), key
     assert rows[-1]["progress/nonfinite_updates"] == 0
-    assert json.loads((tmp_path / "run" / "eval.json").read_text()), "no evaluation"
+    assert json.loads((out / "eval.json").read_text()), "no evaluation"
