@@ -39,9 +39,11 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from apv_hub.config_base import ConfigError, read_json_object
+from apv_hub.config import METADATA_KEYS
+from apv_hub.config_base import Config, ConfigError, read_json_object
 from apv_hub.errors import ApvHubError
 from apv_hub.io import write_atomic
+from apv_hub.version import __version__
 from apv_hub.weights import (
     CheckpointError,
     check_fits,
@@ -62,20 +64,35 @@ class PushError(ApvHubError):
 class SafetensorsHubMixin(PyTorchModelHubMixin):
     """Hub save/load for apv-hub models: safetensors weights, a JSON config, a model card.
 
-    A subclass names its ``MODEL_TYPE`` and implements ``config_dict`` (what config.json holds),
-    ``from_config_dict`` (a fresh model from it) and ``model_card``.
+    A subclass names its ``MODEL_TYPE`` and implements ``model_card``. A model built from one
+    config (``model.config``, constructor ``cls(config, training=...)``, ``training_info``)
+    names its ``CONFIG_CLASS``: config.json then holds that config's fields beside
+    ``METADATA_KEYS``. Other models implement ``config_dict`` (what config.json holds) and
+    ``from_config_dict`` (a fresh model from it) themselves.
     """
 
     MODEL_TYPE: ClassVar[str]
+    CONFIG_CLASS: ClassVar[type[Config] | None] = None
     # What to do instead when asked to load a checkpoint of another model type.
     LOAD_HINTS: ClassVar[dict[str, str]] = {}
 
     def config_dict(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """What config.json holds: every config field plus library metadata."""
+        if self.CONFIG_CLASS is None:
+            raise NotImplementedError
+        return {
+            "apv_hub_version": __version__,
+            **self.config.to_dict(),
+            "training": self.training_info,
+        }
 
     @classmethod
     def from_config_dict(cls, config: dict[str, Any]) -> Any:
-        raise NotImplementedError
+        """A fresh model from what config.json holds (unknown and missing fields refused)."""
+        if cls.CONFIG_CLASS is None:
+            raise NotImplementedError
+        fields = cls.CONFIG_CLASS.from_dict(config, complete=True, ignore=METADATA_KEYS)
+        return cls(fields, training=config.get("training"))
 
     def model_card(self, repo_id: str | None = None) -> ModelCard:
         raise NotImplementedError

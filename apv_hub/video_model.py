@@ -14,7 +14,7 @@ from huggingface_hub import ModelCard
 from torch import Tensor, nn
 
 from apv_hub.cards import VIDEO_MODEL_METADATA, video_model_card
-from apv_hub.config import METADATA_KEYS, APVConfig
+from apv_hub.config import APVConfig
 from apv_hub.hub import SafetensorsHubMixin
 from apv_hub.nets import (
     ConvDecoder,
@@ -26,7 +26,6 @@ from apv_hub.nets import (
     preprocess,
 )
 from apv_hub.rssm import RSSM, State
-from apv_hub.version import __version__
 
 
 def default_is_first(frames: Tensor) -> Tensor:
@@ -44,6 +43,7 @@ class APVVideoModel(nn.Module, SafetensorsHubMixin, **VIDEO_MODEL_METADATA):
     """
 
     MODEL_TYPE = "apv-video"
+    CONFIG_CLASS = APVConfig
 
     def __init__(self, config: APVConfig | dict | None = None, training: dict | None = None):
         super().__init__()
@@ -159,19 +159,6 @@ class APVVideoModel(nn.Module, SafetensorsHubMixin, **VIDEO_MODEL_METADATA):
         return counts
 
     # Hub integration -------------------------------------------------------------------------
-
-    def config_dict(self) -> dict[str, Any]:
-        """What config.json holds: every config field plus library metadata."""
-        return {
-            "apv_hub_version": __version__,
-            **self.config.to_dict(),
-            "training": self.training_info,
-        }
-
-    @classmethod
-    def from_config_dict(cls, data: dict[str, Any]) -> APVVideoModel:
-        config = APVConfig.from_dict(data, complete=True, ignore=METADATA_KEYS)
-        return cls(config, training=data.get("training"))
 
     def model_card(self, repo_id: str | None = None) -> ModelCard:
         return video_model_card(self, repo_id=repo_id)

@@ -10,6 +10,9 @@ pool worker processes too.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,8 @@ from gymnasium import spaces
 
 from apv_hub import APVConfig, APVVideoModel
 from apv_hub.training.configs import FinetuneConfig
+
+ROOT = Path(__file__).resolve().parent.parent
 
 SLIDE_ENV = "gym/tests.finetune_helpers:SlideToCenter-v0"
 
@@ -105,3 +110,27 @@ def slide_config(variant: str = "dreamerv2", **overrides: Any) -> FinetuneConfig
         "video": False,
     }
     return config.override({**settings, **overrides})
+
+
+def run_finetune_script(
+    config: FinetuneConfig, out: Path, *args: str, launcher: tuple[str, ...] = (sys.executable,)
+) -> subprocess.CompletedProcess:
+    """``finetune.py --config <config> --out <out> ARGS`` in processes of their own (plain
+    Python, or e.g. ``torchrun ...``), on this checkout with one intra-op thread; the config
+    is saved beside ``out``."""
+    config_file = out.parent / f"{out.name}-config.json"
+    config.save(config_file)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        "OMP_NUM_THREADS": "1",
+    }
+    command = [str(ROOT / "finetune.py"), "--config", str(config_file), "--out", str(out)]
+    return subprocess.run(
+        [*launcher, *command, *args],
+        env=env,
+        cwd=out.parent,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,9 +12,7 @@ import pytest
 
 from apv_hub import APVAgent
 from apv_hub.training.checkpoint import list_checkpoints
-from tests.finetune_helpers import slide_config
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.finetune_helpers import run_finetune_script, slide_config
 
 
 def free_port() -> int:
@@ -40,22 +36,10 @@ def test_two_processes_share_one_agent_and_count_steps_globally(tmp_path: Path) 
         log_every=60,
         **{"agent.batch_size": 4, "agent.seq_len": 8},
     )
-    config.save(tmp_path / "config.json")
     out = tmp_path / "run"
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-        "OMP_NUM_THREADS": "1",
-    }
-    result = subprocess.run(
-        [torchrun, "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
-        + ["--master_port", str(free_port()), str(ROOT / "finetune.py")]
-        + ["--config", str(tmp_path / "config.json"), "--out", str(out)],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    launcher = (torchrun, "--nproc_per_node", "2", "--master_addr", "127.0.0.1")
+    result = run_finetune_script(
+        config, out, launcher=(*launcher, "--master_port", str(free_port()))
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     steps = [s for s, _ in list_checkpoints(out / "checkpoints")]

@@ -22,11 +22,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import torch
@@ -37,10 +33,8 @@ from apv_hub.config import VARIANTS, AgentConfig, APVConfig
 from apv_hub.video_model import APVVideoModel
 from apv_hub.world_model import APVWorldModel
 from tests.agent_helpers import ACTION_DIM, random_batch
-from tests.finetune_helpers import slide_config
+from tests.finetune_helpers import run_finetune_script, slide_config
 from tests.golden import EXTRA, build_agent, frames_and_batch
-
-ROOT = Path(__file__).resolve().parent.parent
 
 # The initialisation the tolerances were measured with (module docstring).
 INIT = "torch"
@@ -195,22 +189,8 @@ def test_a_short_finetuning_run_in_bf16_completes_on_the_cpu(tmp_path) -> None:
         log_every=60,
         **{"agent.batch_size": 2, "agent.seq_len": 8},
     )
-    config.save(tmp_path / "config.json")
     out = tmp_path / "run"
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-        "OMP_NUM_THREADS": "1",
-    }
-    command = [sys.executable, str(ROOT / "finetune.py"), "--config", str(tmp_path / "config.json")]
-    result = subprocess.run(
-        [*command, "--precision", "bf16", "--out", str(out)],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = run_finetune_script(config, out, "--precision", "bf16")
     assert result.returncode == 0, result.stderr[-4000:]
     assert json.loads((out / "run_config.json").read_text())["precision"] == "bf16"
     assert (out / "model" / "model.safetensors").is_file()

@@ -52,9 +52,7 @@ from huggingface_hub import ModelCard
 from torch import Tensor, nn
 
 from apv_hub.cards import VIPER_METADATA, viper_model_card
-from apv_hub.config import METADATA_KEYS
 from apv_hub.hub import SafetensorsHubMixin
-from apv_hub.version import __version__
 from apv_hub.viper.config import VIPERConfig
 from apv_hub.viper.prior import VideoPrior, evaluating
 from apv_hub.viper.tokenizer import VQTokenizer
@@ -93,6 +91,7 @@ class VIPERRewardModel(nn.Module, SafetensorsHubMixin, **VIPER_METADATA):
     """
 
     MODEL_TYPE = "viper-reward"
+    CONFIG_CLASS = VIPERConfig
     LOAD_HINTS = {"apv-video": "load it with apv_hub.APVVideoModel.from_pretrained"}
 
     def __init__(self, config: VIPERConfig | dict | None = None, training: dict | None = None):
@@ -330,19 +329,6 @@ class VIPERRewardModel(nn.Module, SafetensorsHubMixin, **VIPER_METADATA):
         }
         counts["total"] = counts["tokenizer"] + counts["prior"]
         return counts
-
-    def config_dict(self) -> dict[str, Any]:
-        """What config.json holds: every config field plus library metadata."""
-        return {
-            "apv_hub_version": __version__,
-            **self.config.to_dict(),
-            "training": self.training_info,
-        }
-
-    @classmethod
-    def from_config_dict(cls, data: dict[str, Any]) -> VIPERRewardModel:
-        config = VIPERConfig.from_dict(data, complete=True, ignore=METADATA_KEYS)
-        return cls(config, training=data.get("training"))
 
     def model_card(self, repo_id: str | None = None) -> ModelCard:
         return viper_model_card(self, repo_id=repo_id)
