@@ -33,6 +33,7 @@ from apv_hub.optim import (
     OPTIMIZERS_FILE,
     apply_gradients,
     load_optimizer_state,
+    make_adam,
     save_optimizer_state,
 )
 from apv_hub.seeding import load_rng_state, save_rng_state
@@ -385,21 +386,12 @@ def make_optimizers(agent: APVAgent) -> dict[str, torch.optim.Optimizer]:
             {"params": [p for p in groups["model"] if id(p) not in ids]},
         ]
     optimizers = {
-        "model": torch.optim.Adam(
-            model_params, lr=wm.lr, eps=wm.adam_eps, weight_decay=wm.weight_decay
-        ),
-        "actor": torch.optim.Adam(
-            groups["actor"], lr=bc.actor_lr, eps=bc.adam_eps, weight_decay=bc.weight_decay
-        ),
-        "critic": torch.optim.Adam(
-            groups["critic"], lr=bc.critic_lr, eps=bc.adam_eps, weight_decay=bc.weight_decay
-        ),
+        "model": make_adam(model_params, wm.lr, wm.adam_eps, wm.weight_decay),
+        "actor": make_adam(groups["actor"], bc.actor_lr, bc.adam_eps, bc.weight_decay),
+        "critic": make_adam(groups["critic"], bc.critic_lr, bc.adam_eps, bc.weight_decay),
     }
     if "intrinsic" in groups:
-        optimizers["intrinsic"] = torch.optim.Adam(
-            groups["intrinsic"],
-            lr=agent.config.intrinsic.ensemble_lr,
-            eps=wm.adam_eps,
-            weight_decay=wm.weight_decay,
+        optimizers["intrinsic"] = make_adam(
+            groups["intrinsic"], agent.config.intrinsic.ensemble_lr, wm.adam_eps, wm.weight_decay
         )
     return optimizers

@@ -19,13 +19,14 @@ OPTIMIZERS_META = "optimizers.json"
 
 
 def make_adam(
-    params: Iterable[nn.Parameter],
+    params: Iterable[nn.Parameter] | Iterable[dict[str, Any]],
     lr: float,
     eps: float = 1e-5,
     weight_decay: float = 1e-6,
     fused: bool | None = None,
 ) -> torch.optim.Adam:
     """Adam whose weight decay is added to the gradient (L2), as in the released code.
+    ``params``: parameters, or parameter groups (``{"params": [...]}``) as torch takes them.
 
     ``fused`` (default: when every parameter is on a CUDA device) runs one fused kernel per
     update instead of a few per parameter, and lets `apply_gradients` skip a non-finite step
@@ -34,7 +35,8 @@ def make_adam(
     """
     params = list(params)
     if fused is None:
-        fused = bool(params) and all(p.device.type == "cuda" for p in params)
+        tensors = [p for g in params for p in (g["params"] if isinstance(g, dict) else [g])]
+        fused = bool(tensors) and all(p.device.type == "cuda" for p in tensors)
     return torch.optim.Adam(params, lr=lr, eps=eps, weight_decay=weight_decay, fused=fused)
 
 
